@@ -1,0 +1,51 @@
+"""Serve a workload under one or more scheduling policies and compare them.
+
+    python serve.py                                   # the embedded default comparison
+    python serve.py policy=infercept workload=infercept_json workload.rate=3.0 seed=1
+    python serve.py -m workload.rate=1,2,3,4 policy=vllm,infercept
+
+Results go to the Hydra output directory (printed at the end).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from augserve.report import comparison_table
+from augserve.serving import run_policies
+
+log = logging.getLogger("serve")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="serve")
+def main(cfg: DictConfig) -> float:
+    out_dir = HydraConfig.get().runtime.output_dir
+    policies_cfg = cfg.get("policies") or {}
+    if not policies_cfg:
+        raise ValueError("no policy selected: use policy=<name> (see conf/policy/)")
+    engine = instantiate(cfg.engine)
+    workload = instantiate(cfg.workload)
+    policies = {name: instantiate(p) for name, p in policies_cfg.items()}
+    logger = instantiate(cfg.logger, run_config=OmegaConf.to_container(cfg, resolve=True))
+    try:
+        summaries = run_policies(
+            workload, engine, policies, cfg.slo.spec, int(cfg.seed), out_dir,
+            progress=bool(cfg.progress), plots=bool(cfg.plots), logger=logger,
+        )
+    finally:
+        if logger is not None:
+            logger.close()
+    print(comparison_table(summaries))
+    print(f"\nresults: {out_dir}  (comparison.md, summary.csv, ttft_cdf.png, goodput.png, "
+          f"<policy>/requests.csv)")
+    # the return value lets sweepers optimize on goodput of the (first) policy
+    return float(next(iter(summaries.values()))["goodput"])
+
+
+if __name__ == "__main__":
+    main()
