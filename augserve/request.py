@@ -181,6 +181,7 @@ class EngineState:
     num_waiting: int
     num_paused: int
     last_step_s: float  # duration of the previous engine step
+    step: int  # engine steps done so far
     swap_budget_blocks: int  # blocks that can move GPU->CPU (and back) in the next step
     info: EngineInfo
 

@@ -256,7 +256,7 @@ class _Run:
         return EngineState(
             now_s=self.now, free_blocks=self.pool.free, paused_blocks=self.paused_blocks,
             num_running=len(self.running), num_waiting=len(self.waiting),
-            num_paused=len(self.paused), last_step_s=self.last_dt,
+            num_paused=len(self.paused), last_step_s=self.last_dt, step=self.k,
             swap_budget_blocks=self.swap_budget(), info=self.info,
         )
 
@@ -274,7 +274,9 @@ class _Run:
         r.state = State.WAITING
         r.wait_since_s = t
         self.waiting[r] = None
-        if not self.policy.dynamic_order:
+        if self.policy.owns_queue:
+            self.policy.on_enqueue(r.view, self.state())
+        elif not self.policy.dynamic_order:
             r.epoch += 1
             key = self.policy.priority(r.view, self.state())
             heapq.heappush(self.wait_heap, (key, r.seq, r, r.epoch))
@@ -456,37 +458,52 @@ class _Run:
         self.stats["decode_tokens"] += n_dec
         self.dec_ctx += self.n_dec
 
-    def admit(self, room: int, sched: list) -> int:
-        pool = self.pool
-        cfg = self.cfg
-        if self.policy.dynamic_order:
-            order = self.policy.order([r.view for r in self.waiting], self.state())
+    def need(self, r: _Req, room: int) -> tuple[int, int, int]:
+        """(prefix-hit blocks, chunk tokens, new blocks) to admit ``r`` with ``room`` tokens."""
+        hit = 0
+        if r.computed == 0 and self.pool.caching:
+            hit = min(self.pool.cached(r.req.rid), (r.ctx - 1) // self.bs)
+        base = r.computed if r.computed else hit * self.bs
+        c = min(r.ctx - base, room)
+        return hit, c, self.nblocks(base + c) - r.blocks - hit
+
+    def candidates(self, room_ref: list[int]):
+        """Waiting requests in the order admission tries them (lazily)."""
+        pol = self.policy
+        if pol.owns_queue:
+            def fits(view: RequestView) -> bool:
+                hit, _, add = self.need(view._r, room_ref[0])
+                return add <= self.pool.free - hit
+            for v in pol.candidates(self.state(), fits):
+                yield v._r
+        elif pol.dynamic_order:
             by_rid = {r.req.rid: r for r in self.waiting}
-            cands = (by_rid[rid] for rid in order)
+            for rid in pol.order([r.view for r in self.waiting], self.state()):
+                yield by_rid[rid]
         else:
-            cands = None
-        while room > 0 and len(self.running) < cfg.max_num_seqs:
-            if cands is None:
-                heap = self.wait_heap
+            heap = self.wait_heap
+            while True:
                 while heap and (heap[0][2].epoch != heap[0][3]
                                 or heap[0][2].state is not State.WAITING):
                     heapq.heappop(heap)
                 if not heap:
-                    break
-                r = heap[0][2]
-            else:
-                r = next(cands, None)
-                if r is None:
-                    break
-            hit = 0
-            if r.computed == 0 and pool.caching:
-                hit = min(pool.cached(r.req.rid), (r.ctx - 1) // self.bs)
-            base = r.computed if r.computed else hit * self.bs
-            c = min(r.ctx - base, room)
-            add = self.nblocks(base + c) - r.blocks - hit
+                    return
+                yield heap[0][2]  # popped by admit once admitted
+
+    def admit(self, room: int, sched: list) -> int:
+        pool = self.pool
+        cfg = self.cfg
+        pol = self.policy
+        room_ref = [room]
+        for r in self.candidates(room_ref):
+            if room_ref[0] <= 0 or len(self.running) >= cfg.max_num_seqs:
+                break
+            if r.state is not State.WAITING:
+                raise RuntimeError(f"policy offered {r.req.rid}, which is not waiting")
+            hit, c, add = self.need(r, room_ref[0])
             if add > pool.free - hit:
                 break  # head-of-line: vLLM stops admitting at the first request that does not fit
-            if cands is None:
+            if not pol.owns_queue and not pol.dynamic_order:
                 heapq.heappop(self.wait_heap)
             if hit:
                 pool.touch(r.req.rid, hit)
@@ -502,13 +519,15 @@ class _Run:
             r.preempted = False
             self.running[r] = None
             self.prefill[r] = None
+            if pol.owns_queue:
+                pol.on_admit(r.view)
             if r.cpu_blocks:
                 r.swap_in_left = r.cpu_blocks
                 self.swapping_in[r] = None
                 continue  # compute starts once its KV is back
             sched.append((r, c))
-            room -= c
-        return room
+            room_ref[0] -= c
+        return room_ref[0]
 
     def do_swap_in(self, budget: int) -> None:
         for r in list(self.swapping_in):

@@ -10,12 +10,17 @@ Two ways to order the waiting queue:
   enters the waiting queue and the engine keeps a heap (O(log n) per event). Lower key first.
 * dynamic (``dynamic_order = True``): ``order(views, state)`` is called whenever the engine can
   admit a request and returns the rids in the order to try.
+* policy-owned queue (``owns_queue = True``): the engine reports every request entering the
+  waiting queue (``on_enqueue``) and every admission (``on_admit``); when it can admit, it walks
+  ``candidates(state, fits)`` lazily. ``fits(view)`` says whether ``view``'s next chunk fits the
+  free KV now: admission stops at the first candidate that does not (vLLM's head-of-line rule),
+  so a policy that wants to skip such a request yields a fitting one first.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from augserve.request import EngineInfo, EngineState, KVMode, RequestView
 
@@ -29,6 +34,8 @@ class Policy(ABC):
     oracle: bool = False
     #: False: order by ``priority`` keys fixed at enqueue time; True: call ``order`` each time
     dynamic_order: bool = False
+    #: True: the policy keeps the waiting queue itself (on_enqueue / on_admit / candidates)
+    owns_queue: bool = False
 
     def priority(self, view: RequestView, state: EngineState) -> tuple:
         """Key fixed when ``view`` enters the waiting queue; lower is served first."""
@@ -37,6 +44,20 @@ class Policy(ABC):
     def order(self, views: Sequence[RequestView], state: EngineState) -> list[str]:
         """Rids of the waiting requests in the order admission should try them."""
         return [v.rid for v in sorted(views, key=lambda v: self.priority(v, state))]
+
+    def on_enqueue(self, view: RequestView, state: EngineState) -> None:
+        """``view`` entered the waiting queue (owns_queue policies)."""
+        raise NotImplementedError
+
+    def on_admit(self, view: RequestView) -> None:
+        """``view`` left the waiting queue for the running set (owns_queue policies)."""
+        raise NotImplementedError
+
+    def candidates(
+        self, state: EngineState, fits: Callable[[RequestView], bool]
+    ) -> Iterator[RequestView]:
+        """Waiting requests in the order to try admitting them (owns_queue policies)."""
+        raise NotImplementedError
 
     @abstractmethod
     def token_budget(self, state: EngineState) -> int:

@@ -166,7 +166,8 @@ class AugMixSource(ScriptSource):
                         for s in range(int(k[r]))]
                 j += int(k[r])
                 segs.append(Segment(1 if trailing[r] else int(fin[r])))
-                meta = {"source": "augmix", "component": c.name, "content_type": c.content_type,
+                meta = {"source": "infercept_mix", "generator": "augmix", "component": c.name,
+                        "content_type": c.content_type,
                         "trailing_call": bool(trailing[r])}
                 out[idx[r]] = AugRequest(rid=c.name, arrival_s=0.0, prompt_tokens=int(prompt[r]),
                                          segments=tuple(segs), aug_type=c.aug_type,

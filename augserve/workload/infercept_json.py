@@ -215,7 +215,7 @@ class _Parser:
         trailing = segs[-1].call is not None
         if trailing:
             segs.append(Segment(1))
-        meta: dict[str, Any] = {"key": key, "trailing_call": trailing,
+        meta: dict[str, Any] = {"source": "infercept_mix", "key": key, "trailing_call": trailing,
                                 "content_type": content_type}
         if zero:
             meta["zero_completions"] = zero

@@ -1,0 +1,60 @@
+"""AugServe's dynamic per-step token budget.
+
+Each step the budget is chosen in ``[b_min, b_max]`` (``b_max`` never above the engine's hard
+cap) from four signals, in this order:
+
+1. **backlog** — with nothing waiting to prefill the budget is ``b_min`` (decodes always run);
+   otherwise it is sized to clear the waiting prefill tokens: ``backlog + running``.
+   A large backlog gets a large budget: fewer steps until first tokens (cuts TTFT).
+2. **memory** — KV the step could fill is bounded by free blocks plus the blocks held by requests
+   paused in tools (reclaimable). When that headroom falls under ``mem_low`` of the cache, the
+   budget shrinks to what fits: admitting more prefill would only trigger preemptions.
+3. **decode latency** — with a TPOT target, a step must not take longer than ``tpot_frac`` of
+   it: step time ≈ ``floor + per_token·N`` (from the engine's cost model), so
+   ``N ≤ (tpot_frac·TPOT − floor) / per_token``. If the last step already ran over that, the
+   budget is cut in proportion.
+4. clip to ``[b_min, b_max]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from augserve.request import EngineState
+
+
+@dataclass
+class DynamicBudget:
+    """The rule above; tokens per step."""
+
+    b_min: int = 256
+    b_max: int = 4096
+    mem_low: float = 0.1  # fraction of the KV cache
+    tpot_target_s: float | None = None
+    tpot_frac: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.b_min <= self.b_max:
+            raise ValueError(f"need 1 <= b_min <= b_max, got {self.b_min}, {self.b_max}")
+        if not 0 <= self.mem_low < 1:
+            raise ValueError(f"mem_low={self.mem_low} must be in [0, 1)")
+        if self.tpot_target_s is not None and self.tpot_target_s <= 0:
+            raise ValueError(f"tpot_target_s={self.tpot_target_s} must be > 0")
+
+    def __call__(self, state: EngineState, backlog_tokens: int) -> int:
+        info = state.info
+        b_max = min(self.b_max, info.max_num_batched_tokens)
+        b_min = min(self.b_min, b_max)
+        if backlog_tokens <= 0:
+            return b_min
+        b = backlog_tokens + state.num_running
+        headroom = state.free_blocks + state.paused_blocks
+        if headroom < self.mem_low * info.total_blocks:
+            b = min(b, state.free_blocks * info.block_size)
+        if self.tpot_target_s is not None and info.prefill_s_per_token > 0:
+            cap = (self.tpot_frac * self.tpot_target_s - info.step_floor_s)
+            n_lat = cap / info.prefill_s_per_token
+            if state.last_step_s > self.tpot_frac * self.tpot_target_s > 0:
+                n_lat *= self.tpot_frac * self.tpot_target_s / state.last_step_s
+            b = min(b, int(n_lat))
+        return int(max(b_min, min(b, b_max)))

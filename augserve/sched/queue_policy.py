@@ -1,0 +1,89 @@
+"""Base for policies that keep their own value-ordered waiting queue (AugServe, LAMPS, LTR).
+
+Subclasses say what a request is worth (``values``, lower first) and on which clock waiting is
+measured (``clock``: seconds or engine steps). Requests entering the queue between two steps are
+valued together (one batched predictor call) when the engine next asks for candidates.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from augserve.predictor import Predictor
+from augserve.request import EngineInfo, EngineState, RequestView
+from augserve.sched.base import Policy
+from augserve.sched.value_queue import ValueQueue
+
+
+def check_predictor(name: str, predictor: object) -> Predictor:
+    """A clear error when a predictor-driven policy is configured without a usable one."""
+    if predictor is None:
+        raise ValueError(f"policy {name} needs a predictor: add predictor=lgbm "
+                         "(or another conf/predictor/ entry)")
+    if not isinstance(predictor, Predictor):
+        raise TypeError(f"{type(predictor).__name__} does not implement augserve's "
+                        "Predictor protocol (predict, predict_remaining)")
+    return predictor
+
+
+class ValueQueuePolicy(Policy):
+    """Owns the waiting queue: a :class:`ValueQueue` fed in batches."""
+
+    owns_queue = True
+    #: waiting-time clock: "s" (seconds) or "steps" (engine steps)
+    clock_unit: str = "s"
+
+    def __init__(self, starve_after: float | None, age_weight: float = 0.0,
+                 lookahead: int = 0) -> None:
+        if age_weight < 0 or lookahead < 0:
+            raise ValueError("age_weight and lookahead must be >= 0")
+        self.starve_after = starve_after
+        self.age_weight = float(age_weight)
+        self.lookahead = int(lookahead)
+        self._reset_queue()
+
+    def _reset_queue(self) -> None:
+        self.queue = ValueQueue(self.starve_after)
+        self._pending: list[tuple[RequestView, float]] = []
+        self._backlog: dict[str, int] = {}  # rid -> prefill tokens it waits with
+        self.backlog_tokens = 0
+
+    def reset(self, info: EngineInfo) -> None:
+        super().reset(info)
+        self._reset_queue()
+
+    def clock(self, state: EngineState) -> float:
+        return float(state.step) if self.clock_unit == "steps" else state.now_s
+
+    @abstractmethod
+    def values(self, views: Sequence[RequestView], state: EngineState) -> np.ndarray:
+        """Value of each view (lower is served first)."""
+
+    def on_enqueue(self, view: RequestView, state: EngineState) -> None:
+        self._pending.append((view, self.clock(state)))
+        tokens = max(view.context_tokens - view.computed_tokens, 0)
+        self.backlog_tokens += tokens - self._backlog.get(view.rid, 0)
+        self._backlog[view.rid] = tokens
+
+    def on_admit(self, view: RequestView) -> None:
+        self.queue.remove(view.rid)
+        self.backlog_tokens -= self._backlog.pop(view.rid, 0)
+
+    def _flush(self, state: EngineState) -> None:
+        if not self._pending:
+            return
+        vals = self.values([v for v, _ in self._pending], state)
+        unit = (self.info.step_floor_s or 1e-3) if self.clock_unit == "s" else 1.0
+        for (v, entered), val in zip(self._pending, vals, strict=True):
+            # aging V - w·(now - entered)/unit orders like V + w·entered/unit: time-invariant
+            self.queue.push(v, float(val) + self.age_weight * entered / unit, entered)
+        self._pending.clear()
+
+    def candidates(
+        self, state: EngineState, fits: Callable[[RequestView], bool]
+    ) -> Iterator[RequestView]:
+        self._flush(state)
+        return self.queue.candidates(self.clock(state), fits, self.lookahead)

@@ -1,0 +1,167 @@
+"""AugServe policy: value queue, starvation bound, dynamic budget direction, ordering by value.
+
+``TrueLengthPredictor`` below is a test double (it reads lengths from a table the test builds),
+not a model: it isolates the policy's mechanics from prediction error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from augserve.engine.factory import make_sim_engine
+from augserve.predictor import Prediction
+from augserve.request import AugRequest, EngineInfo, EngineState, Segment, ToolCall
+from augserve.sched.augserve import AugServePolicy
+from augserve.sched.budget import DynamicBudget
+from augserve.sched.lamps import LAMPSPolicy
+from augserve.sched.ltr import LTRPolicy
+from augserve.sched.predicted_sjf import PredictedSJFPolicy
+from augserve.sched.value_queue import ValueQueue
+
+
+class TrueLengthPredictor:
+    """Test double: remaining tokens/calls from a table of true script lengths."""
+
+    def __init__(self, reqs: list[AugRequest], tool_s: float = 1.0) -> None:
+        self.out = {r.rid: r.output_tokens for r in reqs}
+        self.calls = {r.rid: r.num_calls for r in reqs}
+        self.tool_s = tool_s
+
+    def predict(self, views):
+        return self.predict_remaining(views)
+
+    def predict_remaining(self, views):
+        out = np.array([self.out[v.rid] - v.generated_tokens for v in views], float)
+        calls = np.array([self.calls[v.rid] - v.calls_done for v in views], float)
+        return Prediction(out, calls, np.full(len(views), self.tool_s), out)
+
+
+class _V:
+    """Minimal view for queue tests."""
+
+    def __init__(self, rid: str) -> None:
+        self.rid = rid
+
+
+def test_value_queue_orders_promotes_and_skips() -> None:
+    q = ValueQueue(starve_after=10.0)
+    a, b, c = _V("a"), _V("b"), _V("c")
+    q.push(a, key=5.0, entered=0.0)
+    q.push(b, key=1.0, entered=4.0)
+    q.push(c, key=3.0, entered=8.0)
+    assert [v.rid for v, _ in q.ordered(now=9.0)] == ["b", "c", "a"]
+    # at t=14.5 'a' (entered 0) and 'b' (entered 4) have waited >= 10: FIFO tier first
+    assert [(v.rid, p) for v, p in q.ordered(now=14.5)] == [
+        ("a", True), ("b", True), ("c", False)]
+    # lookahead passes over a non-fitting unpromoted head, never a promoted one
+    fits = {"a": False, "b": False, "c": True}
+    assert [v.rid for v in q.candidates(9.0, lambda v: fits[v.rid], lookahead=1)] == ["c", "a"]
+    assert [v.rid for v in q.candidates(14.5, lambda v: fits[v.rid], lookahead=5)][0] == "a"
+    q.remove("b")
+    assert [v.rid for v, _ in q.ordered(now=9.0)] == ["c", "a"]
+    assert len(q) == 2
+
+
+def _adversarial() -> list[AugRequest]:
+    # one long request among a stream of short ones that overloads a 1-slot engine:
+    # shorts need 10 steps (0.1 s) and arrive every 0.05 s for 30 s
+    long = AugRequest("long", 0.05, 16, (Segment(200),))
+    shorts = [AugRequest(f"s{i}", 0.05 * i, 16, (Segment(10),)) for i in range(600)]
+    return sorted([long, *shorts], key=lambda r: r.arrival_s)
+
+
+def _ttft(policy, reqs) -> dict[str, float]:
+    eng = make_sim_engine(constant_step_s=0.01, max_num_seqs=1, max_num_batched_tokens=64)
+    return {r.rid: r.token_s[0] - r.arrival_s for r in eng.run(reqs, policy).records}
+
+
+def test_starvation_bound_on_adversarial_stream() -> None:
+    reqs = _adversarial()
+    pred = TrueLengthPredictor(reqs)
+    starve = 2.0
+    # without a guard, shortest-first starves the long request until the stream has drained
+    sjf = _ttft(PredictedSJFPolicy(pred, 64), reqs)
+    assert sjf["long"] > 30.0
+    # with it: promoted after 2 s; only requests that entered before it (one short, 0.1 s of
+    # service) and the one running when it was promoted (<= 0.1 s) can still go first
+    for pol in (AugServePolicy(pred, 64, starve_after_s=starve, dynamic_budget=False),
+                LAMPSPolicy(pred, 64, starve_after_s=starve)):
+        t = _ttft(pol, reqs)
+        assert t["long"] <= starve + 0.1 + 0.1 + 0.02, pol.name
+    # LTR counts steps: 200 steps of 10 ms = 2 s
+    t = _ttft(LTRPolicy(pred, 64, starve_after_steps=200), reqs)
+    assert t["long"] <= starve + 0.1 + 0.1 + 0.02
+
+
+def _state(free=1000, paused=0, running=10, last_step=0.02, total=10000) -> EngineState:
+    info = EngineInfo(total_blocks=total, block_size=16, kv_bytes_per_token=131072,
+                      max_num_batched_tokens=8192, max_num_seqs=256, max_model_len=8192,
+                      prefill_s_per_token=67e-6, step_floor_s=0.01, swap_bytes_per_s=1e10)
+    return EngineState(now_s=0.0, free_blocks=free, paused_blocks=paused, num_running=running,
+                       num_waiting=5, num_paused=0, last_step_s=last_step, step=0,
+                       swap_budget_blocks=10, info=info)
+
+
+def test_budget_moves_the_right_way() -> None:
+    rule = DynamicBudget(b_min=256, b_max=4096)
+    roomy = _state(free=8000)
+    assert rule(roomy, backlog_tokens=0) == 256  # nothing to prefill: the floor
+    small, big = rule(roomy, 300), rule(roomy, 3000)
+    assert small < big <= 4096  # a backlog grows the budget (cuts TTFT)
+    assert rule(roomy, 100_000) == 4096  # never above b_max
+    tight = _state(free=20)  # 20 free blocks of 10000, nothing reclaimable
+    assert rule(tight, 3000) < big  # memory nearly full: only what fits
+    assert rule(tight, 3000) >= 256
+    reclaimable = _state(free=20, paused=5000)  # paused requests' blocks can be reclaimed
+    assert rule(reclaimable, 3000) == big
+    slo = DynamicBudget(b_min=256, b_max=4096, tpot_target_s=0.05)
+    assert slo(roomy, 3000) < big  # a TPOT target caps the step's tokens
+    assert slo(_state(free=8000, last_step=0.2), 3000) < slo(roomy, 3000)  # over it: cut more
+    capped = DynamicBudget(b_min=256, b_max=100_000)
+    assert capped(roomy, 100_000) == 8192  # the engine's hard cap wins
+
+
+def test_values_order_hand_made_cases() -> None:
+    reqs = [AugRequest("short", 0, 100, (Segment(20),)),
+            AugRequest("long", 0, 100, (Segment(500),)),
+            AugRequest("short_tool", 0, 100, (Segment(10, ToolCall("x", 30.0, 10)), Segment(10))),
+            AugRequest("long_prompt", 0, 4000, (Segment(20),))]
+    pol = AugServePolicy(TrueLengthPredictor(reqs, tool_s=30.0), 2048)
+    eng = make_sim_engine()
+    pol.reset(eng.info())
+
+    class View:
+        def __init__(self, r: AugRequest) -> None:
+            self.rid, self.aug_type, self.current_tool = r.rid, r.aug_type, None
+            self.context_tokens, self.computed_tokens = r.prompt_tokens, 0
+            self.generated_tokens, self.calls_done, self.observed_return_tokens = 0, 0, ()
+
+    v = dict(zip([r.rid for r in reqs], pol.values([View(r) for r in reqs], _state()),
+                 strict=True))
+    assert v["short"] < v["long"]  # decode tokens dominate: one iteration each
+    assert v["short"] < v["long_prompt"] < v["long"]  # a prefilled token costs 1/N_max
+    assert v["long_prompt"] - v["short"] == pytest.approx(3900 / 2048)
+    # 20 decode tokens either way, but a 30 s call adds its interception cost
+    assert v["short_tool"] > v["short"]
+
+
+def test_stage1_only_keeps_the_arrival_value() -> None:
+    reqs = [AugRequest("a", 0, 10, (Segment(50, ToolCall("x", 0.1, 5)), Segment(50)))]
+    pred = TrueLengthPredictor(reqs)
+    s1 = AugServePolicy(pred, 64, stage2=False, dynamic_budget=False)
+    s2 = AugServePolicy(pred, 64)
+    eng = make_sim_engine(constant_step_s=0.01)
+    for p in (s1, s2):
+        eng.run(reqs, p)
+    # after the call the request re-entered the queue: Stage II re-predicted 50 left, Stage I
+    # still holds the arrival value (100 tokens)
+    assert s1._arrival_value["a"] > 99
+    assert s1.starve_after is None and s1.lookahead == 0 and s1.age_weight == 0
+    assert s2.starve_after == 15.0
+
+
+def test_policies_need_a_predictor() -> None:
+    for cls in (AugServePolicy, LAMPSPolicy, LTRPolicy):
+        with pytest.raises(ValueError, match="needs a predictor"):
+            cls(None)
