@@ -218,3 +218,40 @@ def test_unfinished_requests_reported_at_time_limit() -> None:
     assert res.end_s >= 1.0
     assert not any(r.finished for r in res.records)
     assert all(0 < r.output_tokens < 500 for r in res.records)
+
+
+def test_preempted_during_swap_in_drops_the_copy(monkeypatch) -> None:
+    # A swaps its 51 blocks out during a 1 s call (1 block a step); B's decode grows meanwhile.
+    # With 115 blocks A is re-admitted with ~1 block to spare and copies back at 1 block a step
+    # while B's decode needs blocks -> A (most recently admitted) is preempted mid swap-in. Its
+    # CPU copy must be dropped and none of its half-restored GPU blocks may count as cached.
+    from augserve.engine import sim
+
+    monkeypatch.setattr(sim._Run, "swap_budget", lambda self: 1)
+    reqs = [AugRequest("A", 0.0, 800, (Segment(2, ToolCall("t", 1.0, 1)), Segment(3))),
+            AugRequest("B", 0.001, 905, (Segment(400),))]
+    seen = []
+    orig = sim._Run.preempt
+
+    def spy(self, v):
+        mid = v in self.swapping_in
+        orig(self, v)
+        seen.append((v.req.rid, mid, v.cpu_blocks, v.swap_in_left, self.pool.cached("A")))
+
+    monkeypatch.setattr(sim._Run, "preempt", spy)
+    res = engine(num_gpu_blocks=115).run(reqs, FixedMode(KVMode.SWAP, 4096))
+    mid = [s for s in seen if s[0] == "A" and s[1]]
+    assert mid, "scenario must preempt A while it swaps in"
+    assert all(s[2:] == (0, 0, 0) for s in mid)
+    assert all(r.finished for r in res.records)
+
+
+def test_zero_length_call_in_swap_mode_frees_swap_space() -> None:
+    # the call returns before any copy step: the reserved swap space must be given back
+    # (the audit checks swap bytes == blocks held in CPU or still to copy, every step)
+    reqs = [AugRequest(f"z{i}", 0.01 * i, 40, (Segment(3, ToolCall("t", 0.0, 2)), Segment(2)))
+            for i in range(5)]
+    # each request holds 3 blocks of 2 MiB: 12 MiB of swap space fits two at once
+    res = engine(swap_space_gib=12 / 1024).run(reqs, FixedMode(KVMode.SWAP))
+    assert all(r.finished for r in res.records)
+    assert all(r.kv_modes == ["swap"] for r in res.records)  # never fell back to discard

@@ -563,12 +563,16 @@ class _Run:
             self.dec_leave(v)
         del self.running[v]
         self.prefill.pop(v, None)
-        if self.swapping_in.pop(v, None) is not None:
-            # KV not yet copied back is dropped too: recompute covers it
+        full = v.computed // self.bs
+        if v in self.swapping_in:
+            # the copy back is abandoned: the CPU copy is dropped and the GPU blocks hold an
+            # incomplete context, so nothing of it is cached; recompute covers it all
+            del self.swapping_in[v]
             self.swap_used_bytes -= v.cpu_blocks * self.bs * self.info.kv_bytes_per_token
             v.cpu_blocks = 0
             v.swap_in_left = 0
-        self.pool.release(v.req.rid, v.blocks, v.computed // self.bs)
+            full = 0
+        self.pool.release(v.req.rid, v.blocks, full)
         v.prev_computed = max(v.prev_computed, v.computed)
         v.blocks = 0
         v.computed = 0
@@ -659,7 +663,10 @@ class _Run:
             self.prefill[r] = None
             return
         if r.mode is KVMode.SWAP:
-            if self.swapping_out.pop(r, None) is not None:
+            if r in self.swapping_out:  # the call ended before the copy out did
+                del self.swapping_out[r]
+                self.swap_used_bytes -= (r.swap_out_left * self.bs
+                                         * self.info.kv_bytes_per_token)
                 r.swap_out_left = 0
             self.paused_blocks -= r.blocks  # blocks not yet copied out stay on the GPU
             if r.cpu_blocks == 0:  # nothing left the GPU: continue as if preserved
@@ -667,10 +674,8 @@ class _Run:
                 self.running[r] = None
                 self.prefill[r] = None
                 return
-            # the GPU part is returned too and everything is copied back on admission
-            self.pool.release(r.req.rid, r.blocks, 0)
-            r.cpu_blocks += r.blocks
-            r.blocks = 0
+            # re-admission allocates blocks for the CPU part and copies it back; the part that
+            # never left stays allocated meanwhile
         r.submit_s = t_ret
         r.preempted = False
         self.enqueue(r, t_ret)
@@ -738,12 +743,12 @@ class _Run:
             if r.state is State.FINISHED and (b or r.cpu_blocks):
                 raise AssertionError(f"{r.req.rid}: finished but holds {b} blocks")
             held += b
-        if not 0 <= pool.free <= pool.total or not 0 <= pool.clean <= pool.free:
-            raise AssertionError(f"pool out of range: free={pool.free} clean={pool.clean}")
+        pool.check()
         if held + pool.free != pool.total:
             raise AssertionError(f"held {held} + free {pool.free} != total {pool.total}")
-        if sum(e[1] for e in pool._lru) != pool.free - pool.clean:
-            raise AssertionError("cached blocks do not add up")
+        swapped = sum(r.cpu_blocks + r.swap_out_left for r in self.reqs)
+        if abs(swapped * self.bs * self.info.kv_bytes_per_token - self.swap_used_bytes) > 1e-6:
+            raise AssertionError(f"swap space {self.swap_used_bytes} B != {swapped} blocks held")
 
     # ------------------------------------------------------------------ results
     def finish(self) -> RunResult:

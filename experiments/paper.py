@@ -1,0 +1,204 @@
+"""The paper's comparison in one command: effective throughput vs request rate.
+
+For each study (a workload + engine setting), runs ``serve.py -m`` with
+``experiments/conf/paper.yaml`` (Hydra multirun, joblib launcher, every policy on the same seeded
+arrivals per rate), then collects every job's ``summary.csv`` into
+``experiments/results/paper.csv``, ``paper.md`` (tables, capacities, stress-point ratios) and PNG
+figures (goodput vs rate, SLO attainment vs rate, TTFT CDF at the stress point).
+
+    python experiments/paper.py                 # all studies (tens of minutes on 2 cores)
+    python experiments/paper.py --studies augmix --quick   # a small smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from augserve.report import plot_goodput_vs_rate, plot_ttft_cdf
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICIES = ["vllm", "infercept", "lamps", "ltr", "augserve_stage1", "augserve_no_budget",
+            "augserve", "oracle"]
+
+
+@dataclass
+class Study:
+    name: str
+    overrides: list[str]
+    rates: list[float]
+    sweep: bool = True  # a rate sweep (False: one-rate variant)
+    notes: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def studies(data_dir: str) -> list[Study]:
+    azure = f"{data_dir}/azure_llm_trace_2023/AzureLLMInferenceTrace_conv.csv"
+    mix = ["workload=infercept_json", "workload.duration_s=1800",
+           "engine.profile=gptj_6b_a100", "engine.prefix_caching=false"]
+    return [
+        Study("infercept_mix", mix, [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0],
+              notes="InferCept's setting: GPT-J-6B/A100, no prefix caching, 1800 s"),
+        Study("augmix", ["workload=augmix", "workload.duration_s=600"],
+              [4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0],
+              notes="built-in generator, Llama-3-8B/A100, prefix caching on, 600 s"),
+        Study("toolmix", ["workload=toolmix", "workload.duration_s=600"],
+              [2.0, 4.0, 6.0, 8.0, 10.0, 12.0],
+              notes="real tool-use datasets (predictors/workload.py), Llama-3-8B/A100, 600 s"),
+        Study("infercept_mix_bursty", [*mix, "workload.arrivals=gamma",
+                                       "workload.burstiness=0.25"], [3.0], sweep=False,
+              notes="gamma arrivals, burstiness 0.25"),
+        Study("infercept_mix_azure", [*mix, "workload.arrivals=azure",
+                                      f"workload.azure_path={azure}"], [3.0], sweep=False,
+              notes="Azure LLM trace (conversation) timestamps rescaled to the rate"),
+    ]
+
+
+def run_study(st: Study, seed: int, data_dir: str, quick: bool) -> list[dict]:
+    rates = st.rates[:3] if quick else st.rates
+    extra = ["workload.duration_s=120"] if quick else []
+    cmd = [sys.executable, str(ROOT / "serve.py"), "--config-dir", str(ROOT / "experiments" /
+           "conf"), "--config-name", "paper", "-m", *st.overrides, *extra,
+           f"workload.rate={','.join(str(r) for r in rates)}", f"seed={seed}",
+           f"data_dir={data_dir}", f"study={st.name}"]
+    print(f"[{st.name}] {' '.join(cmd[1:])}", flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    rows = []
+    sweep_dir = ROOT / "multirun" / "paper" / st.name
+    for job in sorted(p for p in sweep_dir.iterdir() if (p / "summary.csv").is_file()):
+        cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+        rate = float(cfg["workload"]["rate"])
+        if rate not in rates or int(cfg["seed"]) != seed:
+            continue
+        with open(job / "summary.csv") as f:
+            for r in csv.DictReader(f):
+                r.update(study=st.name, rate=rate, job=str(job))
+                rows.append(r)
+    return rows
+
+
+def capacity(rows: list[dict], policy: str) -> float:
+    """Highest swept rate with >= 90% SLO attainment (0 if none)."""
+    ok = [float(r["rate"]) for r in rows
+          if r["policy"] == policy and float(r["slo_attainment"]) >= 0.9]
+    return max(ok, default=0.0)
+
+
+def stress_rate(rows: list[dict]) -> float | None:
+    """Highest swept rate where vllm's SLO attainment is in [10%, 50%)."""
+    ok = [float(r["rate"]) for r in rows
+          if r["policy"] == "vllm" and 0.1 <= float(r["slo_attainment"]) < 0.5]
+    return max(ok, default=None)
+
+
+def f(x: str | float, fmt: str = ".2f") -> str:
+    try:
+        return format(float(x), fmt)
+    except (TypeError, ValueError):
+        return "-"
+
+
+def report(all_rows: list[dict], out: Path, studies_run: list[Study]) -> str:
+    lines = ["# The paper's comparison", "",
+             "Effective throughput = goodput under the SLO (req/s meeting it, per second of "
+             "arrival window). Capacity = highest swept rate with >= 90% SLO attainment. "
+             "Stress point = highest swept rate where vllm's attainment is in [10%, 50%).", ""]
+    for st in studies_run:
+        rows = [r for r in all_rows if r["study"] == st.name]
+        if not rows:
+            continue
+        lines += [f"## {st.name}", "", st.notes, ""]
+        lines += ["| policy | rate | goodput | SLO att. | TTFT p50 ms | TTFT p99 ms | "
+                  "norm lat p50 ms/tok | preempt |", "|---|---|---|---|---|---|---|---|"]
+        for r in sorted(rows, key=lambda r: (float(r["rate"]), POLICIES.index(r["policy"]))):
+            lines.append(f"| {r['policy']} | {f(r['rate'], '.1f')} | {f(r['goodput'])} | "
+                         f"{f(100 * float(r['slo_attainment']), '.1f')}% | "
+                         f"{f(r['median_ttft_ms'], '.0f')} | {f(r['p99_ttft_ms'], '.0f')} | "
+                         f"{f(r['median_norm_latency_ms'], '.1f')} | {r['preemptions']} |")
+        lines.append("")
+        if st.sweep:
+            caps = {p: capacity(rows, p) for p in POLICIES}
+            lines += ["| policy | capacity (req/s) |", "|---|---|"]
+            lines += [f"| {p} | {caps[p]:.1f} |" for p in POLICIES]
+            lines.append("")
+            sr = stress_rate(rows)
+            if sr is not None:
+                at = {r["policy"]: r for r in rows if float(r["rate"]) == sr}
+                g = {p: float(at[p]["goodput"]) for p in at}
+                t = {p: float(at[p]["median_ttft_ms"]) for p in at}
+
+                def ratio(a: float, b: float) -> str:
+                    return f"{a / b:.2f}x" if b > 0 else "inf"
+
+                lines += [
+                    f"Stress point: {sr:.1f} req/s. augserve effective throughput = "
+                    f"{ratio(g['augserve'], g['vllm'])} vllm, {ratio(g['augserve'], g['infercept'])}"
+                    f" infercept, {100 * g['augserve'] / g['oracle']:.0f}% of oracle; "
+                    f"TTFT p50 {100 * (1 - t['augserve'] / t['vllm']):.0f}% below vllm, "
+                    f"{100 * (1 - t['augserve'] / t['infercept']):.0f}% below infercept. "
+                    f"Capacity augserve/infercept = "
+                    f"{ratio(caps['augserve'], caps['infercept'])}.", ""]
+                recs = {}
+                job = Path(next(iter(at.values()))["job"])
+                for p in at:
+                    recs[p] = _records(job / p / "requests.csv")
+                plot_ttft_cdf(recs, out / f"paper_{st.name}_ttft_cdf.png")
+            plot_goodput_vs_rate(rows, out / f"paper_{st.name}_goodput.png")
+            plot_goodput_vs_rate(rows, out / f"paper_{st.name}_attainment.png",
+                                 metric="slo_attainment")
+    return "\n".join(lines) + "\n"
+
+
+def _records(path: Path):
+    """Minimal records (TTFT only) rebuilt from a requests.csv, for the CDF plot."""
+    from augserve.records import RequestRecord
+
+    out = []
+    with open(path) as fh:
+        for r in csv.DictReader(fh):
+            rec = RequestRecord(rid=r["rid"], aug_type=r["aug_type"],
+                                arrival_s=float(r["arrival_s"]), prompt_tokens=0,
+                                expected_output_tokens=0, num_calls=0)
+            if r["ttft_s"]:
+                rec.token_s = np.array([float(r["arrival_s"]) + float(r["ttft_s"])])
+            out.append(rec)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--studies", default="all")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
+    ap.add_argument("--quick", action="store_true", help="3 rates, 120 s windows (smoke run)")
+    args = ap.parse_args()
+    data_dir = str(Path(args.data).resolve())
+    chosen = [s for s in studies(data_dir) if args.studies == "all" or s.name in
+              args.studies.split(",")]
+    rows: list[dict] = []
+    for st in chosen:
+        rows += run_study(st, args.seed, data_dir, args.quick)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "paper_quick" if args.quick else "paper"
+    cols = ["study", "rate", *[c for c in rows[0] if c not in ("study", "rate", "job")]]
+    with open(out / f"{tag}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    md = report(rows, out, chosen)
+    (out / f"{tag}.md").write_text(md)
+    print(md)
+    print(f"written: {out}/{tag}.csv, {tag}.md, paper_*.png")
+
+
+if __name__ == "__main__":
+    main()
