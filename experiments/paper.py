@@ -139,8 +139,9 @@ def report(all_rows: list[dict], out: Path, studies_run: list[Study]) -> str:
 
                 lines += [
                     f"Stress point: {sr:.1f} req/s. augserve effective throughput = "
-                    f"{ratio(g['augserve'], g['vllm'])} vllm, {ratio(g['augserve'], g['infercept'])}"
-                    f" infercept, {100 * g['augserve'] / g['oracle']:.0f}% of oracle; "
+                    f"{ratio(g['augserve'], g['vllm'])} vllm, "
+                    f"{ratio(g['augserve'], g['infercept'])} infercept, "
+                    f"{100 * g['augserve'] / g['oracle']:.0f}% of oracle; "
                     f"TTFT p50 {100 * (1 - t['augserve'] / t['vllm']):.0f}% below vllm, "
                     f"{100 * (1 - t['augserve'] / t['infercept']):.0f}% below infercept. "
                     f"Capacity augserve/infercept = "
