@@ -182,6 +182,7 @@ class EngineState:
     num_paused: int
     last_step_s: float  # duration of the previous engine step
     step: int  # engine steps done so far
+    running_prefill_tokens: int  # tokens running requests still have to prefill
     swap_budget_blocks: int  # blocks that can move GPU->CPU (and back) in the next step
     info: EngineInfo
 

@@ -95,7 +95,7 @@ def run(n: int, predictor, info, rng: np.random.Generator) -> tuple[float, float
     pol.reset(info)
     state = EngineState(now_s=0.0, free_blocks=1000, paused_blocks=0, num_running=50,
                         num_waiting=n, num_paused=0, last_step_s=0.02, step=0,
-                        swap_budget_blocks=10, info=info)
+                        running_prefill_tokens=0, swap_budget_blocks=10, info=info)
     t0 = time.perf_counter()
     for v in views(n, rng):
         pol.on_enqueue(v, state)

@@ -100,7 +100,7 @@ def _state(free=1000, paused=0, running=10, last_step=0.02, total=10000) -> Engi
                       prefill_s_per_token=67e-6, step_floor_s=0.01, swap_bytes_per_s=1e10)
     return EngineState(now_s=0.0, free_blocks=free, paused_blocks=paused, num_running=running,
                        num_waiting=5, num_paused=0, last_step_s=last_step, step=0,
-                       swap_budget_blocks=10, info=info)
+                       running_prefill_tokens=0, swap_budget_blocks=10, info=info)
 
 
 def test_budget_moves_the_right_way() -> None:
@@ -165,3 +165,78 @@ def test_policies_need_a_predictor() -> None:
     for cls in (AugServePolicy, LAMPSPolicy, LTRPolicy):
         with pytest.raises(ValueError, match="needs a predictor"):
             cls(None)
+
+
+def test_rekey_keeps_the_fifo_position() -> None:
+    q = ValueQueue(starve_after=10.0)
+    a, b = _V("a"), _V("b")
+    q.push(a, key=1.0, entered=0.0)
+    q.push(b, key=2.0, entered=1.0)
+    q.rekey(a, 10.0)
+    assert [v.rid for v, _ in q.ordered(now=5.0)] == ["b", "a"]  # by the new key
+    assert [v.rid for v, _ in q.ordered(now=11.5)][0] == "a"  # still first in the FIFO tier
+    assert [v.rid for v, _ in q.ordered(now=11.5, max_promoted=0)] == ["b", "a"]
+
+
+class _StubView:
+    """Policy-facing fields of a waiting request that has produced nothing yet."""
+
+    def __init__(self, rid: str, arrival: float, prompt: int = 100) -> None:
+        self.rid, self.arrival_s, self.aug_type, self.current_tool = rid, arrival, "x", None
+        self.context_tokens, self.computed_tokens, self.prompt_tokens = prompt, 0, prompt
+        self.generated_tokens, self.calls_done, self.observed_return_tokens = 0, 0, ()
+        self.preempted, self.wait_since_s = False, arrival
+
+
+class _TablePredictor:
+    """Test double: remaining output tokens from a table."""
+
+    def __init__(self, out: dict[str, float]) -> None:
+        self.out = out
+
+    def predict(self, views):
+        return self.predict_remaining(views)
+
+    def predict_remaining(self, views):
+        o = np.array([self.out[v.rid] for v in views], float)
+        return Prediction(o, np.zeros(len(views)), np.zeros(len(views)), o)
+
+
+def _at(t: float) -> EngineState:
+    s = _state()
+    return EngineState(**{**{f: getattr(s, f) for f in s.__slots__}, "now_s": t})
+
+
+def test_requests_past_their_ttft_deadline_go_behind() -> None:
+    pred = _TablePredictor({"short_late": 10, "long_ontime": 300})
+    pol = AugServePolicy(pred, 2048, slo="ttft:1000", starve_after_s=None)
+    pol.reset(make_sim_engine().info())
+    late, ontime = _StubView("short_late", 0.0), _StubView("long_ontime", 0.8)
+    pol.on_enqueue(late, _at(0.0))
+    pol.on_enqueue(ontime, _at(0.8))
+    assert [v.rid for v in pol.candidates(_at(0.9), lambda v: True)] == [
+        "short_late", "long_ontime"]  # both can still make it: shortest first
+    # at 1.2 s the short one has waited past its 1 s TTFT deadline: it can no longer meet the
+    # SLO, the long one still can
+    assert [v.rid for v in pol.candidates(_at(1.2), lambda v: True)] == [
+        "long_ontime", "short_late"]
+    no_slo = AugServePolicy(pred, 2048, starve_after_s=None)
+    no_slo.reset(make_sim_engine().info())
+    no_slo.on_enqueue(_StubView("short_late", 0.0), _at(0.0))
+    no_slo.on_enqueue(_StubView("long_ontime", 0.8), _at(0.8))
+    assert [v.rid for v in no_slo.candidates(_at(1.2), lambda v: True)][0] == "short_late"
+
+
+def test_starvation_tier_gets_one_admission_per_interval() -> None:
+    pred = _TablePredictor({"old1": 500, "old2": 400, "new": 1})
+    pol = AugServePolicy(pred, 2048, starve_after_s=5.0, starve_every_s=1.0)
+    pol.reset(make_sim_engine().info())
+    o1, o2, new = _StubView("old1", 0.0), _StubView("old2", 0.1), _StubView("new", 6.0)
+    for v, t in ((o1, 0.0), (o2, 0.1), (new, 6.0)):
+        pol.on_enqueue(v, _at(t))
+    first = list(pol.candidates(_at(6.0), lambda v: True))
+    assert first[0].rid == "old1"  # a tier turn: the FIFO head first
+    pol.on_admit(o1)
+    # 0.5 s later: not yet the tier's turn, so value order (old2 is still promoted, but waits)
+    assert [v.rid for v in pol.candidates(_at(6.5), lambda v: True)] == ["new", "old2"]
+    assert [v.rid for v in pol.candidates(_at(7.0), lambda v: True)][0] == "old2"  # next turn

@@ -227,18 +227,18 @@ def test_preempted_during_swap_in_drops_the_copy(monkeypatch) -> None:
     # CPU copy must be dropped and none of its half-restored GPU blocks may count as cached.
     from augserve.engine import sim
 
-    monkeypatch.setattr(sim._Run, "swap_budget", lambda self: 1)
+    monkeypatch.setattr(sim.SimRun, "swap_budget", lambda self: 1)
     reqs = [AugRequest("A", 0.0, 800, (Segment(2, ToolCall("t", 1.0, 1)), Segment(3))),
             AugRequest("B", 0.001, 905, (Segment(400),))]
     seen = []
-    orig = sim._Run.preempt
+    orig = sim.SimRun.preempt
 
     def spy(self, v):
         mid = v in self.swapping_in
         orig(self, v)
         seen.append((v.req.rid, mid, v.cpu_blocks, v.swap_in_left, self.pool.cached("A")))
 
-    monkeypatch.setattr(sim._Run, "preempt", spy)
+    monkeypatch.setattr(sim.SimRun, "preempt", spy)
     res = engine(num_gpu_blocks=115).run(reqs, FixedMode(KVMode.SWAP, 4096))
     mid = [s for s in seen if s[0] == "A" and s[1]]
     assert mid, "scenario must preempt A while it swaps in"

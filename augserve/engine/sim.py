@@ -85,7 +85,7 @@ class _Req:
         "recomp_left", "swap_out_left", "swap_in_left", "view", "seq", "gen", "run",
     )
 
-    def __init__(self, req: AugRequest, seq: int, oracle: bool, run: _Run) -> None:
+    def __init__(self, req: AugRequest, seq: int, oracle: bool, run: SimRun) -> None:
         self.req = req
         self.seq = seq
         self.run = run
@@ -181,10 +181,15 @@ class SimEngine(Engine):
     def run(
         self, requests: Sequence[AugRequest], policy: Policy, progress: bool = False
     ) -> RunResult:
-        return _Run(self, requests, policy, progress).go()
+        return SimRun(self, requests, policy, progress).go()
+
+    def start(self, requests: Sequence[AugRequest], policy: Policy) -> SimRun:
+        """A run to drive step by step: ``advance()`` to the next decision, ``step()`` it,
+        ``finish()`` for the records (the gymnasium env's interface)."""
+        return SimRun(self, requests, policy, progress=False)
 
 
-class _Run:
+class SimRun:
     """One simulation: all mutable state of a run lives here."""
 
     def __init__(
@@ -237,6 +242,7 @@ class _Run:
         self.next_arrival = 0
         self.swap_used_bytes = 0.0
         self.n_finished = 0
+        self.done_log: list[_Req] = []  # requests finished since a driver last cleared it
         self.stats = {
             "steps": 0, "forward_s": 0.0, "recompute_s": 0.0, "prefill_tokens": 0,
             "decode_tokens": 0, "recompute_tokens": 0, "preemptions": 0, "swap_out_blocks": 0,
@@ -257,6 +263,7 @@ class _Run:
             now_s=self.now, free_blocks=self.pool.free, paused_blocks=self.paused_blocks,
             num_running=len(self.running), num_waiting=len(self.waiting),
             num_paused=len(self.paused), last_step_s=self.last_dt, step=self.k,
+            running_prefill_tokens=sum(r.ctx - r.computed for r in self.prefill),
             swap_budget_blocks=self.swap_budget(), info=self.info,
         )
 
@@ -313,31 +320,40 @@ class _Run:
 
     # ------------------------------------------------------------------ main loop
     def go(self) -> RunResult:
-        reqs = self.reqs
-        n = len(reqs)
+        while self.advance():
+            self.step()
+        return self.finish()
+
+    def decision_pending(self) -> bool:
+        """A waiting request could be admitted in the next step: the policy decides something."""
+        return (bool(self.waiting) and self.pool.free > 0
+                and len(self.running) < self.cfg.max_num_seqs)
+
+    def advance(self) -> bool:
+        """Run until the next step that needs a policy decision. True: call ``step()`` next;
+        False: the run is over (everything finished, or the time limit)."""
+        n = len(self.reqs)
         cfg = self.cfg
         while self.n_finished < n:
             self.process_events()
             if self.now >= cfg.max_time_s:
-                break
+                return False
             if not self.running and not self.swapping_out and not self.can_admit_anything():
                 nxt = self.next_event_time()
                 if nxt is None:
                     if self.waiting:
                         raise RuntimeError("deadlock: waiting requests can never be admitted")
-                    break
+                    return False
                 self.now = max(self.now, min(nxt, cfg.max_time_s))
                 continue
             if (cfg.skip_stretches and self.n_dec and not self.prefill and not self.waiting
                     and not self.swapping_in and not self.swapping_out):
                 if self.stretch():
                     continue
+            if self.decision_pending():
+                return True
             self.step()
-            if cfg.audit:
-                self.audit()
-        if self.pbar is not None:
-            self.pbar.close()
-        return self.finish()
+        return False
 
     def next_event_time(self) -> float | None:
         t = math.inf
@@ -363,6 +379,12 @@ class _Run:
 
     # ------------------------------------------------------------------ one step
     def step(self) -> None:
+        """One engine iteration (one forward pass, or a jump to the next event if idle)."""
+        self._step()
+        if self.cfg.audit:
+            self.audit()
+
+    def _step(self) -> None:
         pool = self.pool
         bs = self.bs
         cfg = self.cfg
@@ -428,7 +450,7 @@ class _Run:
             # only swap traffic or nothing schedulable: wait for the next event
             nxt = self.next_event_time()
             if swapping:  # a step of pure copying: it lasts as long as the cheapest step
-                self.advance(self.info.step_floor_s, 0, 0, 0)
+                self.tick(self.info.step_floor_s, 0, 0, 0)
             elif nxt is not None:
                 self.now = max(self.now, nxt)
             else:
@@ -438,7 +460,7 @@ class _Run:
         self.stats["recompute_s"] += dt * rc_tokens / n_tokens
         self.stats["prefill_tokens"] += pf_tokens
         self.stats["recompute_tokens"] += rc_tokens
-        self.advance(dt, self.n_dec, dec_ctx, 1)
+        self.tick(dt, self.n_dec, dec_ctx, 1)
         # 5. outcomes
         t = self.now
         for r, c in sched:
@@ -448,7 +470,7 @@ class _Run:
                 self.emit(r, t)
         self.fire_segment_ends()
 
-    def advance(self, dt: float, n_dec: int, dec_ctx: int, steps: int) -> None:
+    def tick(self, dt: float, n_dec: int, dec_ctx: int, steps: int) -> None:
         self.now = self.now + dt
         self.last_dt = dt
         self.clock.append(self.now)
@@ -687,6 +709,7 @@ class _Run:
         r.rec.finished = True
         r.rec.finish_s = t
         self.n_finished += 1
+        self.done_log.append(r)
         if self.pbar is not None:
             self.pbar.update(1)
 
@@ -752,6 +775,9 @@ class _Run:
 
     # ------------------------------------------------------------------ results
     def finish(self) -> RunResult:
+        """Records of every request (unfinished ones as far as they got)."""
+        if self.pbar is not None:
+            self.pbar.close()
         clock = np.asarray(self.clock)
         for r in self.reqs:
             if r.in_decode:

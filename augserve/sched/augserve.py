@@ -18,11 +18,17 @@ capacity × step time turns them into iterations of the whole engine.) ``out``, 
   preemption), ``Predictor.predict_remaining`` re-predicts what is *left* from runtime features
   (tokens generated versus predicted, calls made, the last return length, elapsed tool time); the
   actual uncomputed context (returned tokens, discarded KV to recompute) replaces estimates.
-  Waiting time ages the value (``age_weight`` iterations per iteration waited, a time-invariant
-  shift, so the heap never needs re-sorting). Memory pressure: up to ``lookahead`` requests that
+  Waiting time, against the SLO: a request still without its first token when its TTFT deadline
+  passes can no longer meet the SLO, so it is re-keyed behind every request that still can
+  (``late_penalty`` iterations; O(log n) once per request, from a deadline heap) — the starvation
+  tier still bounds its wait. Optional linear aging (``age_weight`` iterations per iteration
+  waited; off by default: under sustained overload it drifts towards FCFS of requests that have
+  already missed their SLO). Memory pressure: up to ``lookahead`` requests that
   do not fit the free KV are passed over for later ones that do. Starvation: a request waiting
-  ``starve_after_s`` is promoted to a FIFO tier ahead of all others and never passed over, which
-  bounds its wait (:mod:`augserve.sched.value_queue` states and proves the bound).
+  ``starve_after_s`` is promoted to a FIFO tier that gets one admission every
+  ``starve_every_s`` (its head is then never passed over), which bounds its wait without letting
+  a backlog of requests that already missed their SLO take over the engine under overload
+  (:mod:`augserve.sched.value_queue` states and proves the bound).
 * **Budget** — :class:`augserve.sched.budget.DynamicBudget`, or static ``max_num_batched_tokens``.
 
 Predictions are batched: requests entering the queue between two steps are predicted together
@@ -31,10 +37,12 @@ when the engine next asks for candidates.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Sequence
 
 import numpy as np
 
+from augserve.metrics import parse_slo
 from augserve.predictor import Prediction, Predictor
 from augserve.request import EngineState, KVMode, RequestView
 from augserve.sched.budget import DynamicBudget
@@ -63,7 +71,10 @@ class AugServePolicy(ValueQueuePolicy):
         stage2: bool = True,
         dynamic_budget: bool = True,
         starve_after_s: float | None = 15.0,
-        age_weight: float = 0.1,
+        starve_every_s: float = 1.0,
+        age_weight: float = 0.0,
+        slo: str | dict | None = None,
+        late_penalty: float = 1e6,
         lookahead: int = 8,
         budget: dict | None = None,
         default_return_tokens: float = 32.0,
@@ -77,17 +88,45 @@ class AugServePolicy(ValueQueuePolicy):
         self.dynamic = bool(dynamic_budget)
         self.budget_rule = DynamicBudget(**(budget or {}))
         self.default_return_tokens = float(default_return_tokens)
+        ttft_ms = parse_slo(slo).get("ttft")
+        self.ttft_s = ttft_ms / 1e3 if (ttft_ms is not None and self.stage2) else None
+        self.late_penalty = float(late_penalty)
         if name:
             self.name = name
         # Stage I alone: no runtime refinement, no aging, no starvation tier, no skipping
         super().__init__(starve_after_s if self.stage2 else None,
-                         age_weight if self.stage2 else 0.0, lookahead if self.stage2 else 0)
+                         age_weight if self.stage2 else 0.0, lookahead if self.stage2 else 0,
+                         starve_every_s)
 
     def _reset_queue(self) -> None:
         super()._reset_queue()
         self._arrival_value: dict[str, float] = {}
         self._ret_sum: dict[str, float] = {}
         self._ret_n: dict[str, int] = {}
+        self._deadlines: list[tuple[float, int, RequestView]] = []
+        self._deadline_seq = 0
+        self._keys: dict[str, float] = {}
+        self.pred_cache: dict[str, tuple[float, float, float, float]] = {}
+
+    # ------------------------------------------------------------------ SLO deadlines
+    def adjust_key(self, view: RequestView, key: float, state: EngineState) -> float:
+        if self.ttft_s is not None and view.generated_tokens == 0:
+            deadline = view.arrival_s + self.ttft_s
+            if state.now_s >= deadline:
+                key += self.late_penalty
+            elif view.rid not in self._keys:
+                self._deadline_seq += 1
+                heapq.heappush(self._deadlines, (deadline, self._deadline_seq, view))
+        self._keys[view.rid] = key
+        return key
+
+    def refresh(self, state: EngineState) -> None:
+        dl = self._deadlines
+        while dl and dl[0][0] <= state.now_s:
+            _, _, view = heapq.heappop(dl)
+            if view.rid in self.queue and view.generated_tokens == 0:
+                self._keys[view.rid] += self.late_penalty
+                self.queue.rekey(view, self._keys[view.rid])
 
     # ------------------------------------------------------------------ values
     def mean_return(self, kind: str | None) -> float:
@@ -121,7 +160,9 @@ class AugServePolicy(ValueQueuePolicy):
         kind = v.current_tool or v.aug_type
         prefill = (v.context_tokens - v.computed_tokens) + calls * self.mean_return(kind)
         icost = intercept_cost(v.context_tokens + out / 2, tool_s, state) if calls else 0.0
-        return out + prefill / self.n_max + calls * icost
+        value = out + prefill / self.n_max + calls * icost
+        self.pred_cache[v.rid] = (out, calls, tool_s, value)
+        return value
 
     # ------------------------------------------------------------------ budget and KV mode
     def token_budget(self, state: EngineState) -> int:

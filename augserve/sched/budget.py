@@ -4,7 +4,8 @@ Each step the budget is chosen in ``[b_min, b_max]`` (``b_max`` never above the 
 cap) from four signals, in this order:
 
 1. **backlog** — with nothing waiting to prefill the budget is ``b_min`` (decodes always run);
-   otherwise it is sized to clear the waiting prefill tokens: ``backlog + running``.
+   otherwise it is sized to clear this step's work: the waiting prefill tokens, what running
+   requests still have to prefill, and one token per running request.
    A large backlog gets a large budget: fewer steps until first tokens (cuts TTFT).
 2. **memory** — KV the step could fill is bounded by free blocks plus the blocks held by requests
    paused in tools (reclaimable). When that headroom falls under ``mem_low`` of the cache, the
@@ -47,7 +48,7 @@ class DynamicBudget:
         b_min = min(self.b_min, b_max)
         if backlog_tokens <= 0:
             return b_min
-        b = backlog_tokens + state.num_running
+        b = backlog_tokens + state.running_prefill_tokens + state.num_running
         headroom = state.free_blocks + state.paused_blocks
         if headroom < self.mem_low * info.total_blocks:
             b = min(b, state.free_blocks * info.block_size)

@@ -37,10 +37,11 @@ class ValueQueuePolicy(Policy):
     clock_unit: str = "s"
 
     def __init__(self, starve_after: float | None, age_weight: float = 0.0,
-                 lookahead: int = 0) -> None:
-        if age_weight < 0 or lookahead < 0:
-            raise ValueError("age_weight and lookahead must be >= 0")
+                 lookahead: int = 0, starve_every: float = 0.0) -> None:
+        if age_weight < 0 or lookahead < 0 or starve_every < 0:
+            raise ValueError("age_weight, lookahead and starve_every must be >= 0")
         self.starve_after = starve_after
+        self.starve_every = float(starve_every)
         self.age_weight = float(age_weight)
         self.lookahead = int(lookahead)
         self._reset_queue()
@@ -50,6 +51,9 @@ class ValueQueuePolicy(Policy):
         self._pending: list[tuple[RequestView, float]] = []
         self._backlog: dict[str, int] = {}  # rid -> prefill tokens it waits with
         self.backlog_tokens = 0
+        self._tier_offer: str | None = None  # rid offered on this step's tier turn
+        self._tier_last = -float("inf")  # clock of the last admission from the tier
+        self._tier_clock = 0.0
 
     def reset(self, info: EngineInfo) -> None:
         super().reset(info)
@@ -69,6 +73,9 @@ class ValueQueuePolicy(Policy):
         self._backlog[view.rid] = tokens
 
     def on_admit(self, view: RequestView) -> None:
+        if view.rid == self._tier_offer:
+            self._tier_last = self._tier_clock
+            self._tier_offer = None
         self.queue.remove(view.rid)
         self.backlog_tokens -= self._backlog.pop(view.rid, 0)
 
@@ -79,11 +86,27 @@ class ValueQueuePolicy(Policy):
         unit = (self.info.step_floor_s or 1e-3) if self.clock_unit == "s" else 1.0
         for (v, entered), val in zip(self._pending, vals, strict=True):
             # aging V - w·(now - entered)/unit orders like V + w·entered/unit: time-invariant
-            self.queue.push(v, float(val) + self.age_weight * entered / unit, entered)
+            key = self.adjust_key(v, float(val) + self.age_weight * entered / unit, state)
+            self.queue.push(v, key, entered)
         self._pending.clear()
+
+    def adjust_key(self, view: RequestView, key: float, state: EngineState) -> float:
+        """Hook: final heap key of a request entering the queue (default: unchanged)."""
+        return key
+
+    def refresh(self, state: EngineState) -> None:
+        """Hook: re-key queued requests whose situation changed with time (default: none)."""
 
     def candidates(
         self, state: EngineState, fits: Callable[[RequestView], bool]
     ) -> Iterator[RequestView]:
         self._flush(state)
-        return self.queue.candidates(self.clock(state), fits, self.lookahead)
+        self.refresh(state)
+        now = self.clock(state)
+        if self.starve_every <= 0:  # strict: the whole tier first, every step
+            return self.queue.candidates(now, fits, self.lookahead)
+        turn = now - self._tier_last >= self.starve_every
+        head = self.queue.promoted_head(now) if turn else None
+        self._tier_offer = head.rid if head is not None else None
+        self._tier_clock = now
+        return self.queue.candidates(now, fits, self.lookahead, 1 if head is not None else 0)

@@ -2,16 +2,20 @@
 
 Requests are kept in a heap by ``key`` (lower first) and, in parallel, in a FIFO by the time they
 entered the queue. A request whose age (``now - entered``, in the queue's clock: seconds or
-engine steps) reaches ``starve_after`` is *promoted*: promoted requests come first, in FIFO
-order, ahead of every unpromoted one.
+engine steps) reaches ``starve_after`` is *promoted* to the starvation tier. On a *tier turn* the
+tier's FIFO head is offered first and is never passed over (if it does not fit, admission waits
+for memory); otherwise requests go by key. The policy decides when turns happen: every step
+(strict: the whole tier goes first, as LAMPS and LTR do) or at most once per ``every`` clock
+units (AugServe: a reserved admission rate, so that under sustained overload the tier does not
+turn the queue into FCFS of requests that have already missed their SLO).
 
-**Starvation bound.** Promotion is FIFO and a promoted request is never skipped (the policy stops
-at a promoted head that does not fit rather than passing it). So once request *i* is promoted, the
-only requests admitted before it are requests promoted before it, i.e. requests that entered the
-queue before *i* and were still waiting. Hence *i*'s wait is at most
-``starve_after + D_i``, where ``D_i`` is the time FCFS would need to admit the requests that
-entered before *i* and were still waiting at its promotion — never more than FCFS plus
-``starve_after``. An unbounded stream of later, shorter requests cannot delay it further.
+**Starvation bound.** The tier is FIFO, so once request *i* is promoted, the tier requests
+admitted before it all entered the queue before it; call their number ``P_i`` (at most the queue
+length when *i* entered). With a turn at least every ``every`` clock units, *i* reaches the head
+and is admitted within ``P_i + 1`` turns, so its wait is at most
+``starve_after + (P_i + 1)·every + M_i``, where ``M_i`` is the time the tier head waits for free
+KV. (Strict mode: ``every`` = one step.) An unbounded stream of later, shorter requests cannot
+delay it: they are never ahead of it in the tier.
 
 Traversal in order is lazy (best-first over the heap array), so yielding the first k candidates
 costs O(k log k) and nothing is re-sorted per step.
@@ -29,7 +33,7 @@ from augserve.request import RequestView
 class ValueQueue:
     """Waiting requests by value with promotion after ``starve_after`` (None: never)."""
 
-    __slots__ = ("starve_after", "_heap", "_fifo", "_live", "_seq")
+    __slots__ = ("starve_after", "_heap", "_fifo", "_live", "_live_heap", "_seq")
 
     def __init__(self, starve_after: float | None = None) -> None:
         if starve_after is not None and starve_after < 0:
@@ -37,7 +41,8 @@ class ValueQueue:
         self.starve_after = starve_after
         self._heap: list[tuple[float, int, RequestView]] = []
         self._fifo: deque[tuple[float, int, RequestView]] = deque()
-        self._live: dict[str, int] = {}  # rid -> seq of its live entry
+        self._live: dict[str, int] = {}  # rid -> seq of its live FIFO entry
+        self._live_heap: dict[str, int] = {}  # rid -> seq of its live heap entry
         self._seq = 0
 
     def __len__(self) -> int:
@@ -46,39 +51,57 @@ class ValueQueue:
     def push(self, view: RequestView, key: float, entered: float) -> None:
         """Add (or re-add) ``view`` with ``key``; ``entered`` on the queue's clock."""
         self._seq += 1
-        self._live[view.rid] = self._seq
+        self._live[view.rid] = self._live_heap[view.rid] = self._seq
         heapq.heappush(self._heap, (key, self._seq, view))
         self._fifo.append((entered, self._seq, view))
 
+    def rekey(self, view: RequestView, key: float) -> None:
+        """Change ``view``'s key; its place in the FIFO (its waiting time) stays."""
+        if view.rid not in self._live:
+            return
+        self._seq += 1
+        self._live_heap[view.rid] = self._seq
+        heapq.heappush(self._heap, (key, self._seq, view))
+
+    def __contains__(self, rid: str) -> bool:
+        return rid in self._live
+
     def remove(self, rid: str) -> None:
         self._live.pop(rid, None)
+        self._live_heap.pop(rid, None)
 
     def _alive(self, seq: int, view: RequestView) -> bool:
         return self._live.get(view.rid) == seq
 
+    def _alive_heap(self, seq: int, view: RequestView) -> bool:
+        return self._live_heap.get(view.rid) == seq
+
     def _clean(self) -> None:
         heap, fifo = self._heap, self._fifo
-        while heap and not self._alive(heap[0][1], heap[0][2]):
+        while heap and not self._alive_heap(heap[0][1], heap[0][2]):
             heapq.heappop(heap)
         while fifo and not self._alive(fifo[0][1], fifo[0][2]):
             fifo.popleft()
         # keep memory bounded when many stale entries pile up behind the heads
         if len(heap) > 64 and len(heap) > 4 * len(self._live):
-            self._heap = [e for e in heap if self._alive(e[1], e[2])]
+            self._heap = [e for e in heap if self._alive_heap(e[1], e[2])]
             heapq.heapify(self._heap)
             self._fifo = deque(e for e in fifo if self._alive(e[1], e[2]))
 
-    def ordered(self, now: float) -> Iterator[tuple[RequestView, bool]]:
-        """(view, promoted) in admission order at ``now`` (lazy)."""
+    def ordered(
+        self, now: float, max_promoted: int | None = None
+    ) -> Iterator[tuple[RequestView, bool]]:
+        """(view, promoted) in admission order at ``now`` (lazy): up to ``max_promoted`` tier
+        requests first (None: all of them), then by key."""
         self._clean()
-        seen: set[int] = set()
-        if self.starve_after is not None:
+        seen: set[str] = set()
+        if self.starve_after is not None and max_promoted != 0:
             limit = now - self.starve_after
             for entered, seq, view in self._fifo:  # removals only mark; the deque is stable
-                if entered > limit:
+                if entered > limit or (max_promoted is not None and len(seen) >= max_promoted):
                     break
                 if self._alive(seq, view):
-                    seen.add(seq)
+                    seen.add(view.rid)
                     yield view, True
         heap = self._heap
         if not heap:
@@ -87,19 +110,26 @@ class ValueQueue:
         while frontier:
             _, _, i = heapq.heappop(frontier)
             key, seq, view = heap[i]
-            if seq not in seen and self._alive(seq, view):
+            if view.rid not in seen and self._alive_heap(seq, view):
                 yield view, False
             for j in (2 * i + 1, 2 * i + 2):
                 if j < len(heap):
                     heapq.heappush(frontier, (heap[j][0], heap[j][1], j))
 
+    def promoted_head(self, now: float) -> RequestView | None:
+        """The tier's FIFO head, if any request has waited ``starve_after``."""
+        for view, promoted in self.ordered(now, max_promoted=1):
+            return view if promoted else None
+        return None
+
     def candidates(
-        self, now: float, fits: Callable[[RequestView], bool], lookahead: int = 0
+        self, now: float, fits: Callable[[RequestView], bool], lookahead: int = 0,
+        max_promoted: int | None = None,
     ) -> Iterator[RequestView]:
         """Admission order; up to ``lookahead`` unpromoted requests that do not fit are passed
         over in favour of later ones that do (a promoted request is never passed over)."""
         skipped = 0
-        for view, promoted in self.ordered(now):
+        for view, promoted in self.ordered(now, max_promoted):
             if promoted or skipped >= lookahead or fits(view):
                 yield view
             else:
