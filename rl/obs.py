@@ -1,9 +1,11 @@
 """Observations for learned Stage II: top-K candidates ``[K, F]`` + mask ``[K]`` + engine ``[G]``.
 
-One builder serves the gymnasium env (training) and :class:`rl.policy.RLPolicy` (serving), so
-the two cannot drift. Candidates are the first K requests in AugServe's order (promoted ones, then
-by Stage I/II value), which keeps the env cheap and the ranking problem small. All features are
-float32 and roughly unit-scaled (log1p of token counts and seconds).
+One builder serves the gymnasium env (training) and :class:`rl.policy.LearnedStage2` subclasses
+(serving), so the two cannot drift. Candidates are the first K requests in AugServe's order (the
+starvation tier's head on a tier turn, then by Stage I/II value, SLO-late requests last), which
+keeps the env cheap and the ranking problem small. All features are float32, non-negative and
+roughly unit-scaled (log1p of token counts and seconds), clipped to :data:`OBS_HIGH`. Built with
+numpy over the candidate arrays.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ ITEM_FEATURES: tuple[str, ...] = (
     "need_over_free",  # KV blocks its prefill needs / free blocks, clipped to [0, 4]
     "resumed",  # 1 if it comes back from a tool call
     "preempted",  # 1 if it waits after a preemption
-    "promoted",  # 1 if it is in the starvation tier
+    "promoted",  # 1 if it is the starvation tier's head on a tier turn (admitted first)
     "value_rank",  # its position in AugServe's order / K
 )
 
@@ -45,6 +47,10 @@ ENGINE_FEATURES: tuple[str, ...] = (
     "arrival_rate",  # arrivals per second (EWMA), log1p
     "budget_frac",  # previous step's budget / largest budget bin
 )
+
+
+#: every feature lies in [0, OBS_HIGH] (log1p scales, fractions and flags; clipped there)
+OBS_HIGH = 50.0
 
 
 @dataclass(frozen=True)
@@ -89,29 +95,31 @@ def build_observation(
     items = np.zeros((k, spec.f), dtype=np.float32)
     mask = np.zeros(k, dtype=np.int8)
     info = state.info
-    free = max(state.free_blocks, 1)
-    bs = info.block_size
-    for i, c in enumerate(cands[:k]):
-        v = c.view
-        ctx = v.context_tokens
-        unc = max(ctx - v.computed_tokens, 0)
-        items[i] = (
-            np.log1p(max(c.value, 0.0)),
-            np.log1p(max(c.pred_out, 0.0)),
-            max(c.pred_calls, 0.0),
-            np.log1p(max(c.pred_tool_s, 0.0)),
-            np.log1p(v.generated_tokens),
-            np.log1p(max(state.now_s - v.wait_since_s, 0.0)),
-            np.log1p(v.prompt_tokens),
-            np.log1p(ctx),
-            np.log1p(unc),
-            min(-(-unc // bs) / free, 4.0),
-            float(v.calls_done > 0),
-            float(v.preempted),
-            float(c.promoted),
-            i / k,
-        )
-        mask[i] = 1
+    n = min(len(cands), k)
+    if n:
+        raw = np.array([
+            (c.value, c.pred_out, c.pred_calls, c.pred_tool_s, v.generated_tokens,
+             v.wait_since_s, v.prompt_tokens, v.context_tokens, v.computed_tokens,
+             v.calls_done > 0, v.preempted, c.promoted)
+            for c in cands[:n] for v in (c.view,)
+        ], dtype=np.float64)
+        ctx = raw[:, 7]
+        unc = np.maximum(ctx - raw[:, 8], 0.0)
+        out = items[:n]
+        out[:, 0] = np.log1p(np.maximum(raw[:, 0], 0.0))
+        out[:, 1] = np.log1p(np.maximum(raw[:, 1], 0.0))
+        out[:, 2] = np.maximum(raw[:, 2], 0.0)
+        out[:, 3] = np.log1p(np.maximum(raw[:, 3], 0.0))
+        out[:, 4] = np.log1p(raw[:, 4])
+        out[:, 5] = np.log1p(np.maximum(state.now_s - raw[:, 5], 0.0))
+        out[:, 6] = np.log1p(raw[:, 6])
+        out[:, 7] = np.log1p(ctx)
+        out[:, 8] = np.log1p(unc)
+        out[:, 9] = np.minimum(-(-unc // info.block_size) / max(state.free_blocks, 1), 4.0)
+        out[:, 10:13] = raw[:, 9:12]
+        out[:, 13] = np.arange(n) / k
+        np.minimum(out, OBS_HIGH, out=out)
+        mask[:n] = 1
     total = max(info.total_blocks, 1)
     engine = np.array((
         state.free_blocks / total,
@@ -124,4 +132,5 @@ def build_observation(
         np.log1p(max(arrival_rate, 0.0)),
         last_budget / max(spec.budget_bins),
     ), dtype=np.float32)
+    np.minimum(engine, OBS_HIGH, out=engine)
     return {"items": items, "mask": mask, "engine": engine}

@@ -1,11 +1,17 @@
 """Learned Stage II behind augserve's policy interface.
 
-:class:`LearnedStage2` keeps AugServe's queue (Stage I/II values, starvation tier, min-waste KV
-mode) and lets a decision maker re-rank the first K candidates and pick the step's token budget
-from a few bins. A *decision* happens at every step where a request could be admitted (waiting
-requests, free KV, a free sequence slot) — the same points where the gymnasium env stops; on other
-steps the previous budget stays. Promoted (starving) requests keep their place ahead of the
-ranking, so AugServe's starvation bound still holds.
+:class:`LearnedStage2` keeps AugServe's queue (Stage I/II values, SLO-deadline re-keying, the
+rate-limited starvation tier, min-waste KV mode) and lets a decision maker re-rank the first K
+candidates and pick the step's token budget from a few bins. A *decision* happens at every step
+where a request could be admitted (waiting requests, free KV, a free sequence slot) — the same
+points where the gymnasium env stops; on other steps the previous budget stays and admission
+follows AugServe's own order. The starvation tier's head, on a tier turn (at most one every
+``starve_every_s``, as in AugServe), keeps its place ahead of the ranking, so AugServe's
+starvation bound still holds.
+
+Predictions go through :class:`rl.predcache.CachedPredictor` (same values, cached Stage I,
+cheaper Stage II); :meth:`LearnedStage2.prefetch` computes a whole episode's Stage I predictions
+in one batch.
 
 Subclasses implement ``decide(obs) -> (scores [K], budget_bin)``: :class:`rl.env.ActionPolicy`
 returns the env's action, :class:`rl.rl_policy.RLPolicy` runs the trained network.
@@ -15,14 +21,18 @@ from __future__ import annotations
 
 import itertools
 from abc import abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from augserve.predictor import Predictor
-from augserve.request import EngineInfo, EngineState, RequestView
+from augserve.request import AugRequest, EngineInfo, EngineState, KVMode, RequestView
 from augserve.sched.augserve import AugServePolicy
+from augserve.sched.minwaste import min_waste
 from rl.obs import Candidate, ObsSpec, build_observation
+from rl.predcache import CachedPredictor
+
+_NO_PRED = (1.0, 0.0, 0.0, 1.0)  # (out, calls, tool_s, value) of a request not yet valued
 
 
 def decision_pending(state: EngineState) -> bool:
@@ -44,11 +54,15 @@ class LearnedStage2(AugServePolicy):
         if k < 1 or not budget_bins or min(budget_bins) < 1:
             raise ValueError("k must be >= 1 and budget_bins positive")
         self.spec = ObsSpec(k=int(k), budget_bins=tuple(int(b) for b in budget_bins))
+        if not isinstance(self.predictor, CachedPredictor):
+            self.predictor = CachedPredictor(self.predictor)
+        self._budget = self.spec.budget_bins[len(self.spec.budget_bins) // 2]
 
     def _reset_queue(self) -> None:
         super()._reset_queue()
         self._cands: list[Candidate] = []
         self._scores: np.ndarray | None = None
+        self._max_promoted: int | None = None  # tier requests allowed first at this decision
         self._budget = self.spec.budget_bins[len(self.spec.budget_bins) // 2] if hasattr(
             self, "spec") else 1024
         self._last_arrival: float | None = None
@@ -56,6 +70,17 @@ class LearnedStage2(AugServePolicy):
 
     def reset(self, info: EngineInfo) -> None:
         super().reset(info)
+        self.predictor.clear()
+
+    def prefetch(self, requests: Sequence[AugRequest]) -> None:
+        """Stage I predictions of a run's requests in one batch (optional; call after the run
+        has started, since ``reset`` clears the cache). Decisions do not change."""
+        self.predictor.prefetch(requests)
+
+    def on_intercept(self, view: RequestView, state: EngineState) -> KVMode:
+        # AugServePolicy.on_intercept without the predictions it does not use
+        tool_s = float(self.predictor.tool_s_remaining([view])[0])
+        return min_waste(view.context_tokens, tool_s, state).best()
 
     # ------------------------------------------------------------------ observation
     def on_enqueue(self, view: RequestView, state: EngineState) -> None:
@@ -65,16 +90,32 @@ class LearnedStage2(AugServePolicy):
             self._last_arrival = state.now_s
         super().on_enqueue(view, state)
 
+    def _tier_turn(self, now: float) -> int | None:
+        """Tier requests that go first now (ValueQueuePolicy.candidates' rule): None = all."""
+        if self.starve_every <= 0:
+            return None
+        head = self.queue.promoted_head(now) if now - self._tier_last >= self.starve_every \
+            else None
+        self._tier_offer = head.rid if head is not None else None
+        self._tier_clock = now
+        return 1 if head is not None else 0
+
     def observe(self, state: EngineState) -> dict[str, np.ndarray]:
         """Observation at this step; also fixes the candidate list the action refers to."""
         self._flush(state)
-        top = itertools.islice(self.queue.ordered(self.clock(state)), self.spec.k)
-        self._cands = []
-        for view, promoted in top:
-            p = self.pred_cache.get(view.rid, (1.0, 0.0, 0.0, 1.0))
-            self._cands.append(Candidate(view, promoted, p[3], p[0], p[1], p[2]))
+        self.refresh(state)
+        now = self.clock(state)
+        self._max_promoted = self._tier_turn(now)
+        self._scores = None
+        cache = self.pred_cache
+        cands = []
+        for view, promoted in itertools.islice(self.queue.ordered(now, self._max_promoted),
+                                               self.spec.k):
+            p = cache.get(view.rid, _NO_PRED)
+            cands.append(Candidate(view, promoted, p[3], p[0], p[1], p[2]))
+        self._cands = cands
         rate = 1.0 / self._gap if self._gap > 0 else 0.0
-        return build_observation(self.spec, self._cands, state, len(self.queue),
+        return build_observation(self.spec, cands, state, len(self.queue),
                                  self.backlog_tokens, rate, self._budget)
 
     @abstractmethod
@@ -82,9 +123,15 @@ class LearnedStage2(AugServePolicy):
         """(scores for the K slots, higher first; budget bin index)."""
 
     def apply(self, scores: np.ndarray, budget_bin: int) -> None:
+        """Use ``scores`` (for the candidates of the last :meth:`observe`) and a budget bin."""
         if not 0 <= int(budget_bin) < len(self.spec.budget_bins):
             raise ValueError(f"budget bin {budget_bin} outside 0..{len(self.spec.budget_bins)-1}")
-        self._scores = np.asarray(scores, dtype=np.float64)
+        s = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if s.shape[0] != self.spec.k:
+            raise ValueError(f"scores has {s.shape[0]} entries, expected K={self.spec.k}")
+        if np.isnan(s[:len(self._cands)]).any():
+            raise ValueError("scores contain NaN")
+        self._scores = s
         self._budget = self.spec.budget_bins[int(budget_bin)]
 
     # ------------------------------------------------------------------ policy interface
@@ -103,17 +150,17 @@ class LearnedStage2(AugServePolicy):
             yield from super().candidates(state, fits)
             return
         n = len(cands)
-        ranked = [i for i in range(n) if cands[i].promoted]  # the starvation tier stays first
+        ranked = [i for i in range(n) if cands[i].promoted]  # the tier head stays first
         rest = [i for i in range(n) if not cands[i].promoted]
         ranked += sorted(rest, key=lambda i: (-scores[i], i))
         seen = {cands[i].view.rid for i in ranked}
-        order = itertools.chain((cands[i] for i in ranked),
-                                (Candidate(v, p, 0, 0, 0, 0) for v, p in
-                                 self.queue.ordered(self.clock(state))
+        order = itertools.chain(((cands[i].view, cands[i].promoted) for i in ranked),
+                                ((v, p) for v, p in
+                                 self.queue.ordered(self.clock(state), self._max_promoted)
                                  if v.rid not in seen))
         skipped = 0
-        for c in order:
-            if c.promoted or skipped >= self.lookahead or fits(c.view):
-                yield c.view
+        for view, promoted in order:
+            if promoted or skipped >= self.lookahead or fits(view):
+                yield view
             else:
                 skipped += 1
