@@ -50,7 +50,7 @@ def studies(data_dir: str) -> list[Study]:
               [4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0],
               notes="built-in generator, Llama-3-8B/A100, prefix caching on, 600 s"),
         Study("toolmix", ["workload=toolmix", "workload.duration_s=600"],
-              [2.0, 4.0, 6.0, 8.0, 10.0, 12.0],
+              [2.0, 4.0, 6.0, 8.0, 9.0, 10.0, 12.0],
               notes="real tool-use datasets (predictors/workload.py), Llama-3-8B/A100, 600 s"),
         Study("infercept_mix_bursty", [*mix, "workload.arrivals=gamma",
                                        "workload.burstiness=0.25"], [3.0], sweep=False,

@@ -104,21 +104,22 @@ def _state(free=1000, paused=0, running=10, last_step=0.02, total=10000) -> Engi
 
 
 def test_budget_moves_the_right_way() -> None:
-    rule = DynamicBudget(b_min=256, b_max=4096)
+    rule = DynamicBudget(b_min=256, b_base=2048, b_max=4096)
     roomy = _state(free=8000)
-    assert rule(roomy, backlog_tokens=0) == 256  # nothing to prefill: the floor
+    assert rule(roomy, backlog_tokens=0) == 2048  # nothing waiting: the static base
     small, big = rule(roomy, 300), rule(roomy, 3000)
-    assert small < big <= 4096  # a backlog grows the budget (cuts TTFT)
+    assert small == 2048  # a small backlog does not shrink it
+    assert small < big <= 4096  # a large backlog grows it (cuts TTFT)
     assert rule(roomy, 100_000) == 4096  # never above b_max
     tight = _state(free=20)  # 20 free blocks of 10000, nothing reclaimable
     assert rule(tight, 3000) < big  # memory nearly full: only what fits
     assert rule(tight, 3000) >= 256
     reclaimable = _state(free=20, paused=5000)  # paused requests' blocks can be reclaimed
     assert rule(reclaimable, 3000) == big
-    slo = DynamicBudget(b_min=256, b_max=4096, tpot_target_s=0.05)
+    slo = DynamicBudget(b_min=256, b_base=2048, b_max=4096, tpot_target_s=0.05)
     assert slo(roomy, 3000) < big  # a TPOT target caps the step's tokens
     assert slo(_state(free=8000, last_step=0.2), 3000) < slo(roomy, 3000)  # over it: cut more
-    capped = DynamicBudget(b_min=256, b_max=100_000)
+    capped = DynamicBudget(b_min=256, b_base=2048, b_max=100_000)
     assert capped(roomy, 100_000) == 8192  # the engine's hard cap wins
 
 

@@ -1,20 +1,20 @@
 """AugServe's dynamic per-step token budget.
 
-Each step the budget is chosen in ``[b_min, b_max]`` (``b_max`` never above the engine's hard
-cap) from four signals, in this order:
+Each step the budget starts from ``b_base`` (the static budget a vLLM deployment would use) and
+moves within ``[b_min, b_max]`` (``b_max`` never above the engine's hard cap) on three signals:
 
-1. **backlog** — with nothing waiting to prefill the budget is ``b_min`` (decodes always run);
-   otherwise it is sized to clear this step's work: the waiting prefill tokens, what running
-   requests still have to prefill, and one token per running request.
-   A large backlog gets a large budget: fewer steps until first tokens (cuts TTFT).
+1. **backlog** — when this step's work (waiting prefill tokens, what running requests still have
+   to prefill, one token per running request) exceeds ``b_base``, the budget grows to clear it,
+   up to ``b_max``: fewer steps until first tokens (cuts TTFT). A small backlog does not shrink
+   it: under a TTFT-only SLO a smaller step buys nothing.
 2. **memory** — KV the step could fill is bounded by free blocks plus the blocks held by requests
    paused in tools (reclaimable). When that headroom falls under ``mem_low`` of the cache, the
-   budget shrinks to what fits: admitting more prefill would only trigger preemptions.
+   budget shrinks to what fits (not under ``b_min``): admitting more prefill would only trigger
+   preemptions.
 3. **decode latency** — with a TPOT target, a step must not take longer than ``tpot_frac`` of
    it: step time ≈ ``floor + per_token·N`` (from the engine's cost model), so
    ``N ≤ (tpot_frac·TPOT − floor) / per_token``. If the last step already ran over that, the
-   budget is cut in proportion.
-4. clip to ``[b_min, b_max]``.
+   budget is cut in proportion (not under ``b_min``).
 """
 
 from __future__ import annotations
@@ -29,14 +29,16 @@ class DynamicBudget:
     """The rule above; tokens per step."""
 
     b_min: int = 256
+    b_base: int = 2048
     b_max: int = 4096
     mem_low: float = 0.1  # fraction of the KV cache
     tpot_target_s: float | None = None
     tpot_frac: float = 0.8
 
     def __post_init__(self) -> None:
-        if not 1 <= self.b_min <= self.b_max:
-            raise ValueError(f"need 1 <= b_min <= b_max, got {self.b_min}, {self.b_max}")
+        if not 1 <= self.b_min <= self.b_base <= self.b_max:
+            raise ValueError("need 1 <= b_min <= b_base <= b_max, got "
+                             f"{self.b_min}, {self.b_base}, {self.b_max}")
         if not 0 <= self.mem_low < 1:
             raise ValueError(f"mem_low={self.mem_low} must be in [0, 1)")
         if self.tpot_target_s is not None and self.tpot_target_s <= 0:
@@ -45,10 +47,10 @@ class DynamicBudget:
     def __call__(self, state: EngineState, backlog_tokens: int) -> int:
         info = state.info
         b_max = min(self.b_max, info.max_num_batched_tokens)
-        b_min = min(self.b_min, b_max)
-        if backlog_tokens <= 0:
-            return b_min
-        b = backlog_tokens + state.running_prefill_tokens + state.num_running
+        b_base = min(self.b_base, b_max)
+        b_min = min(self.b_min, b_base)
+        need = max(backlog_tokens, 0) + state.running_prefill_tokens + state.num_running
+        b = min(max(need, b_base), b_max)
         headroom = state.free_blocks + state.paused_blocks
         if headroom < self.mem_low * info.total_blocks:
             b = min(b, state.free_blocks * info.block_size)
