@@ -7,10 +7,12 @@ moves within ``[b_min, b_max]`` (``b_max`` never above the engine's hard cap) on
    to prefill, one token per running request) exceeds ``b_base``, the budget grows to clear it,
    up to ``b_max``: fewer steps until first tokens (cuts TTFT). A small backlog does not shrink
    it: under a TTFT-only SLO a smaller step buys nothing.
-2. **memory** — KV the step could fill is bounded by free blocks plus the blocks held by requests
-   paused in tools (reclaimable). When that headroom falls under ``mem_low`` of the cache, the
-   budget shrinks to what fits (not under ``b_min``): admitting more prefill would only trigger
-   preemptions.
+2. **memory** — growth needs room: only while the KV headroom (free blocks plus blocks held by
+   requests paused in tools, which are reclaimable) is at least ``mem_low`` of the cache, and
+   never beyond the free blocks. Under memory pressure the budget stays at ``b_base``: admission
+   already stops at the first request that does not fit (vLLM's head-of-line rule), so cutting
+   the budget further would only slow the prefills already admitted (measured: it lowered SLO
+   attainment on InferCept's GPT-J setting).
 3. **decode latency** — with a TPOT target, a step must not take longer than ``tpot_frac`` of
    it: step time ≈ ``floor + per_token·N`` (from the engine's cost model), so
    ``N ≤ (tpot_frac·TPOT − floor) / per_token``. If the last step already ran over that, the
@@ -50,10 +52,10 @@ class DynamicBudget:
         b_base = min(self.b_base, b_max)
         b_min = min(self.b_min, b_base)
         need = max(backlog_tokens, 0) + state.running_prefill_tokens + state.num_running
-        b = min(max(need, b_base), b_max)
+        b = b_base
         headroom = state.free_blocks + state.paused_blocks
-        if headroom < self.mem_low * info.total_blocks:
-            b = min(b, state.free_blocks * info.block_size)
+        if need > b_base and headroom >= self.mem_low * info.total_blocks:
+            b = min(need, b_max, max(b_base, state.free_blocks * info.block_size))
         if self.tpot_target_s is not None and info.prefill_s_per_token > 0:
             cap = (self.tpot_frac * self.tpot_target_s - info.step_floor_s)
             n_lat = cap / info.prefill_s_per_token
