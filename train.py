@@ -4,11 +4,16 @@
     python train.py predictor=hgb                     # a baseline family as the artifact
     python train.py sources=[infercept_mix] predictor.params.num_boost_round=20
     python train.py artifact_dir=data/predictors/lgbm # refresh the artifact serve.py ships with
+    python train.py agent=ppo                         # the RL Stage II policy instead (rl/)
 
 Evaluates every method in ``eval.methods`` within datasets (group-aware 80/20 split) and across
 datasets (train on the others, test on one), prints the tables, and writes ``metrics.json``,
 ``metrics.md`` and ``feature_importance.png`` into the Hydra output directory. The artifact
 (models trained on all rows) goes to ``artifact_dir``.
+
+With ``agent=<name>`` (conf/agent/) it trains that RL scheduler instead:
+:func:`rl.train_agent.train_agent` writes the checkpoint to ``agent.checkpoint_dir`` and
+``learning_curve.{csv,png}``, ``eval.{md,json}`` (RL vs augserve on held-out seeds) here.
 """
 
 from __future__ import annotations
@@ -46,8 +51,28 @@ def _plot_importance(importances: dict[str, dict[str, float]], path: Path, top: 
     plt.close(fig)
 
 
+def train_rl(cfg: DictConfig) -> float:
+    """``agent=<name>``: train, save and evaluate the RL scheduler (rl/train_agent.py)."""
+    from rl.train_agent import train_agent
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    logger = instantiate(cfg.logger, _partial_=True)(run_config=run_config)
+    try:
+        res = train_agent(cfg.agent, out_dir, logger=logger,
+                          progress=bool(cfg.get("progress", True)))
+    finally:
+        if logger is not None:
+            logger.close()
+    print(f"results: {out_dir} (learning_curve.png, learning_curve.csv, eval.md, eval.json); "
+          f"checkpoint: {res['train']['checkpoint']}")
+    return float(next(iter(res["settings"].values()))["ratio"])
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
+    if cfg.get("agent") is not None:
+        return train_rl(cfg)
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 

@@ -1,0 +1,572 @@
+"""vLLM V1 scheduler subclasses that apply an augserve policy (needs vLLM 0.32).
+
+Each ``schedule()``:
+
+1. the policy's token budget (``Policy.token_budget``) becomes ``self.max_num_scheduled_tokens``
+   (clipped to ``max_num_batched_tokens``, and never below the number of decoding requests:
+   decodes always run, as in :class:`~augserve.engine.sim.SimEngine`); it is asked only on
+   steps where prefill work could be scheduled;
+2. vLLM's own loop runs unchanged over ``self.waiting``, which is a :class:`PolicyQueue`: every
+   ``peek_request`` asks the policy for its next candidate, lazily, at the moment vLLM's waiting
+   loop wants one. Policies with static keys get a heap, dynamic ones ``order()``, policy-owned
+   queues ``candidates(state, fits)`` where ``fits(view)`` checks the request's next chunk
+   (after prefix-cache hits) against the free blocks *now*. vLLM stops at the first request
+   whose blocks do not fit (its head-of-line rule), so a policy that wants to pass over such a
+   request yields a fitting one first, exactly as with the simulator.
+
+The policy sees a read-only :class:`~augserve.request.EngineState` (free/total blocks, running
+and waiting counts, the last step's duration, prefill work of running requests) and
+:class:`~augserve.request.RequestView` objects adapted from vLLM ``Request`` objects
+(:mod:`augserve.vllm.runtime`). Deployment settings come from ``--additional-config
+'{"augserve": {...}}'`` (see :func:`augserve.vllm.deploy.make_policy`); the live engine
+(:mod:`augserve.vllm.engine`) attaches its policy, clock and request runtimes with
+:meth:`AugServeSchedulerMixin.attach` instead.
+
+Use :class:`AugServeAsyncScheduler` for serving (async scheduling on) and
+:class:`AugServeScheduler` for step-wise use.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.output import SchedulerOutput
+from vllm.v1.core.sched.request_queue import RequestQueue
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.request import Request, RequestStatus
+
+from augserve.request import EngineInfo, EngineState, RequestView
+from augserve.sched.base import Policy
+from augserve.vllm import init_cpu_features
+from augserve.vllm.runtime import ServedRuntime, VRuntime
+
+log = logging.getLogger(__name__)
+
+init_cpu_features()
+
+#: EngineInfo timing defaults when no calibrated profile is configured (s, s/token)
+DEFAULT_STEP_FLOOR_S = 0.02
+DEFAULT_PREFILL_S_PER_TOKEN = 2e-4
+
+_BLOCKED = (
+    RequestStatus.WAITING_FOR_STRUCTURED_OUTPUT_GRAMMAR,
+    RequestStatus.WAITING_FOR_REMOTE_KVS,
+    RequestStatus.WAITING_FOR_STREAMING_REQ,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StepStat:
+    """What one scheduled step contained (for calibration). Clock in engine seconds."""
+
+    step: int
+    t_s: float  # engine clock when the step was scheduled
+    n_tokens: int  # all scheduled tokens
+    prefill_tokens: int
+    num_decode: int  # requests decoding one token
+    decode_ctx_sum: int  # Σ context (incl. the new token) over decoding requests
+    prefill_attn: float  # Σ chunk·(ctx_before + chunk/2) over prefill chunks
+    num_running: int
+    num_waiting: int
+    free_blocks: int
+
+
+class PolicyQueue(RequestQueue):
+    """vLLM's waiting queue, ordered by an augserve policy (see the module docstring).
+
+    Outside a scheduling pass it is a plain set of waiting requests in arrival order; during
+    one (``begin_pass`` .. ``end_pass``, around vLLM's ``schedule``) ``peek_request`` /
+    ``pop_request`` / ``bool()`` walk the policy's candidates lazily.
+    """
+
+    def __init__(self, sched: AugServeSchedulerMixin) -> None:
+        self._s = sched
+        self._members: dict[str, Request] = {}
+        self._heap: list[tuple[Any, int, str]] = []  # static keys: (key, seq, request id)
+        self._epoch: dict[str, int] = {}  # request id -> seq of its live heap entry
+        self._seq = 0
+        self._in_pass = False
+        self._gen: Iterator[Request | None] | None = None
+        self._peeked: Request | None = None
+        self._popped: dict[str, bool] = {}  # popped this pass -> policy told on_admit
+        self._popped_key: dict[str, Any] = {}
+        self._hit: dict[str, tuple[int, int]] = {}  # id -> (hit tokens, hit blocks to take)
+        self.room = 0  # estimated token budget left for admissions in this pass
+
+    # ------------------------------------------------------------------ pass control
+    def begin_pass(self, room: int) -> None:
+        self._in_pass = True
+        self._gen = None
+        self._peeked = None
+        self._popped.clear()
+        self._popped_key.clear()
+        self._hit.clear()
+        self.room = room
+
+    def end_pass(self) -> dict[str, bool]:
+        """Close the pass; returns {request id: policy already told on_admit} of pops."""
+        self._in_pass = False
+        self._gen = None
+        self._peeked = None
+        popped = dict(self._popped)
+        self._popped.clear()
+        self._popped_key.clear()
+        for rid in popped:
+            if rid not in self._members:
+                self._epoch.pop(rid, None)
+        return popped
+
+    # ------------------------------------------------------------------ policy plumbing
+    @property
+    def policy(self) -> Policy:
+        return self._s.aug_policy
+
+    def _notify_enqueue(self, request: Request, rt: VRuntime) -> None:
+        pol = self.policy
+        if pol.owns_queue:
+            pol.on_enqueue(rt.view, self._s.engine_state())
+        elif not pol.dynamic_order:
+            key = pol.priority(rt.view, self._s.engine_state())
+            self._seq += 1
+            self._epoch[request.request_id] = self._seq
+            heapq.heappush(self._heap, (key, self._seq, request.request_id))
+
+    def _enter(self, request: Request) -> None:
+        rid = request.request_id
+        s = self._s
+        rt = s.runtime(request)
+        self._members[rid] = request
+        if self._in_pass and rid in self._popped:
+            # popped by vLLM's loop in this pass and put back (skipped): undo the pop
+            told = self._popped.pop(rid)
+            if rid in self._popped_key:
+                key, seq = self._popped_key.pop(rid)
+                self._epoch[rid] = seq
+                heapq.heappush(self._heap, (key, seq, rid))
+            elif told or not (self.policy.owns_queue or self.policy.dynamic_order):
+                self._notify_enqueue(request, rt)
+            return
+        rt.on_wait(s.now(), request.status == RequestStatus.PREEMPTED)
+        self._notify_enqueue(request, rt)
+        if s.trace is not None:
+            v = rt.view
+            s.trace_event({
+                "event": "enqueue", "t": round(s.now(), 6), "rid": v.rid,
+                "request_id": rid, "aug_type": v.aug_type, "prompt_tokens": v.prompt_tokens,
+                "context_tokens": v.context_tokens, "generated_tokens": v.generated_tokens,
+                "calls_done": v.calls_done, "current_tool": v.current_tool,
+                "observed_tool_s": list(v.observed_tool_s), "preempted": v.preempted,
+                "metadata": {k: x for k, x in v.metadata.items() if _jsonable(x)},
+            })
+
+    def hit(self, request: Request) -> tuple[int, int]:
+        """(prefix-hit tokens, hit blocks that are free now) for ``request`` in this pass."""
+        rid = request.request_id
+        h = self._hit.get(rid)
+        if h is None:
+            h = self._s.prefix_hit(request)
+            self._hit[rid] = h
+        return h
+
+    def fits(self, view: RequestView) -> bool:
+        """Whether ``view``'s next chunk fits the free KV blocks now (vLLM's admission test)."""
+        req = _vreq(view)
+        if req is None or req.request_id not in self._members:
+            return False
+        return self._s.blocks_to_admit(req, self.hit(req), self.room) <= self._s.free_for_admit()
+
+    def _candidates(self) -> Iterator[Request | None]:
+        pol = self.policy
+        s = self._s
+        if pol.owns_queue:
+            for view in pol.candidates(s.engine_state(), self.fits):
+                req = _vreq(view)
+                if req is not None and req.request_id in self._members:
+                    yield req
+        elif pol.dynamic_order:
+            by_rid = {}
+            views = []
+            for req in self._members.values():
+                rt = s.runtime(req)
+                by_rid[rt.view.rid] = req
+                views.append(rt.view)
+            for rid in pol.order(views, s.engine_state()):
+                req = by_rid.get(rid)
+                if req is not None and req.request_id in self._members:
+                    yield req
+
+    def _static_top(self) -> Request | None:
+        heap = self._heap
+        while heap:
+            _, seq, rid = heap[0]
+            if rid in self._members and self._epoch.get(rid) == seq:
+                return self._members[rid]
+            heapq.heappop(heap)
+        return None
+
+    def _next(self) -> Request | None:
+        if self._peeked is not None and self._peeked.request_id in self._members:
+            return self._peeked
+        pol = self.policy
+        if not self._in_pass:
+            if not pol.owns_queue and not pol.dynamic_order:
+                return self._static_top()
+            return next(iter(self._members.values()), None)
+        if not pol.owns_queue and not pol.dynamic_order:
+            self._peeked = self._static_top()
+        else:
+            if self._gen is None:
+                self._gen = self._candidates()
+            self._peeked = next(self._gen, None)
+        if self._peeked is not None:
+            self.hit(self._peeked)  # before vLLM allocates: its blocks get cached on allocation
+        return self._peeked
+
+    # ------------------------------------------------------------------ RequestQueue API
+    def add_request(self, request: Request) -> None:
+        self._enter(request)
+
+    def prepend_request(self, request: Request) -> None:
+        self._enter(request)
+
+    def prepend_requests(self, requests: Iterable[Request]) -> None:
+        for r in list(requests):
+            self._enter(r)
+
+    def peek_request(self) -> Request:
+        req = self._next()
+        if req is None:
+            raise IndexError("peek from an empty queue")
+        return req
+
+    def pop_request(self) -> Request:
+        req = self._next()
+        if req is None:
+            raise IndexError("pop from an empty queue")
+        rid = req.request_id
+        del self._members[rid]
+        self._peeked = None
+        pol = self.policy
+        told = False
+        admitted = req.status not in _BLOCKED and not (
+            req.num_stale_output_tokens and not req.drop_stale_output)
+        if pol.owns_queue:
+            if admitted:
+                pol.on_admit(self._s.runtime(req).view)
+                told = True
+        elif not pol.dynamic_order:
+            top = self._heap[0] if self._heap else None
+            if top is not None and top[2] == rid and self._epoch.get(rid) == top[1]:
+                heapq.heappop(self._heap)
+                self._popped_key[rid] = (top[0], top[1])
+            else:  # not on top (cannot happen in vLLM's loop): invalidate its entry
+                self._epoch.pop(rid, None)
+        if self._in_pass:
+            self._popped[rid] = told
+            if admitted:
+                hit = self._hit.get(rid, (0, 0))[0] if req.num_computed_tokens == 0 else (
+                    req.num_computed_tokens)
+                self.room -= max(0, min(req.num_tokens - hit, self.room))
+        return req
+
+    def remove_request(self, request: Request) -> None:
+        self.remove_requests((request,))
+
+    def remove_requests(self, requests: Iterable[Request]) -> None:
+        pol = self.policy
+        for r in list(requests):
+            if self._members.pop(r.request_id, None) is None:
+                continue
+            self._epoch.pop(r.request_id, None)
+            if pol.owns_queue:  # tell the policy it left the queue (finished or aborted)
+                pol.on_admit(self._s.runtime(r).view)
+
+    def __bool__(self) -> bool:
+        if self._in_pass:
+            return self._next() is not None
+        return bool(self._members)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __iter__(self) -> Iterator[Request]:
+        return iter(list(self._members.values()))
+
+
+def _jsonable(x: Any) -> bool:
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return True
+    return isinstance(x, (list, tuple)) and all(isinstance(i, (str, int, float)) for i in x)
+
+
+def _vreq(view: RequestView) -> Request | None:
+    return getattr(view._r, "vreq", None)  # noqa: SLF001 - the runtime behind the view
+
+
+class AugServeSchedulerMixin:
+    """The augserve layer over a vLLM ``Scheduler`` (use the concrete classes below)."""
+
+    # set by __init__
+    aug_policy: Policy
+    aug_info: EngineInfo
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        s: Any = self
+        self._cap = int(s.scheduler_config.max_num_batched_tokens)
+        self._t0 = time.time()
+        self._clock: Callable[[], float] = lambda: time.time() - self._t0
+        self._factory: Callable[[Request], VRuntime | None] | None = None
+        self._paused: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        self._rt: dict[str, VRuntime] = {}
+        self._steps = 0
+        self._last_step_s = 0.0
+        self._t_sched = 0.0
+        self._t_update = 0.0
+        self.step_log: list[StepStat] | None = None  # set to a list to record steps
+        self.last_output: SchedulerOutput | None = None  # the last schedule()'s output
+        s.waiting = PolicyQueue(self)
+        cfg = dict((s.vllm_config.additional_config or {}).get("augserve") or {})
+        trace = cfg.pop("trace", None)
+        self.trace = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115
+        from augserve.vllm.deploy import make_policy, profile_timing
+
+        floor, per_tok = profile_timing(cfg.get("profile"))
+        self.aug_info = self._make_info(floor, per_tok)
+        policy = make_policy(cfg, self._cap)
+        policy.reset(self.aug_info)
+        self.aug_policy = policy
+        log.info("augserve scheduler: policy %s, budget cap %d tokens, %d KV blocks",
+                 policy.name, self._cap, self.aug_info.total_blocks)
+
+    # ------------------------------------------------------------------ wiring
+    def attach(
+        self,
+        policy: Policy,
+        clock: Callable[[], float] | None = None,
+        runtime_factory: Callable[[Request], VRuntime | None] | None = None,
+        paused: Callable[[], tuple[int, int]] | None = None,
+        step_floor_s: float | None = None,
+        prefill_s_per_token: float | None = None,
+    ) -> EngineInfo:
+        """Use ``policy`` from now on (the waiting queue must be empty); ``clock`` gives engine
+        seconds, ``runtime_factory`` the runtime of a new vLLM request, ``paused`` the
+        (requests, blocks) paused in tools. Resets the policy with the engine's facts."""
+        s: Any = self
+        if len(s.waiting) or s.running:
+            raise RuntimeError("attach a policy only while the scheduler is idle")
+        if clock is not None:
+            self._clock = clock
+        if runtime_factory is not None:
+            self._factory = runtime_factory
+        if paused is not None:
+            self._paused = paused
+        if step_floor_s is not None or prefill_s_per_token is not None:
+            self.aug_info = self._make_info(
+                self.aug_info.step_floor_s if step_floor_s is None else step_floor_s,
+                self.aug_info.prefill_s_per_token if prefill_s_per_token is None
+                else prefill_s_per_token)
+        s.waiting = PolicyQueue(self)
+        self._rt.clear()
+        self._steps = 0
+        self._last_step_s = 0.0
+        policy.reset(self.aug_info)
+        self.aug_policy = policy
+        return self.aug_info
+
+    def detach(self) -> None:
+        """Forget the attached run's runtimes and callbacks (the policy stays)."""
+        s: Any = self
+        self._factory = None
+        self._paused = lambda: (0, 0)
+        self._t0 = time.time()
+        self._clock = lambda: time.time() - self._t0
+        self._rt.clear()
+        s.waiting = PolicyQueue(self)
+
+    def now(self) -> float:
+        return self._clock()
+
+    def trace_event(self, event: dict[str, Any]) -> None:
+        """Append one JSON line to the ``trace`` file (``--additional-config``), if any."""
+        if self.trace is not None:
+            self.trace.write(json.dumps(event) + "\n")
+
+    def runtime(self, request: Request) -> VRuntime:
+        rid = request.request_id
+        rt = self._rt.get(rid)
+        if rt is None:
+            if self._factory is not None:
+                rt = self._factory(request)
+            if rt is None:
+                rt = ServedRuntime(request, self.aug_info.block_size, self._t0)
+                if rt.tool_durations:  # a turn after a tool call: the policy learns its duration
+                    self.aug_policy.on_tool_return(rt.view, rt.tool_durations[-1])
+            rt.vreq = request
+            self._rt[rid] = rt
+        return rt
+
+    def _make_info(self, floor_s: float | None, per_token_s: float | None) -> EngineInfo:
+        s: Any = self
+        kvc = s.kv_cache_config
+        nb = int(kvc.num_blocks)
+        tensor_bytes = sum(int(t.size) for t in getattr(kvc, "kv_cache_tensors", ()) or ())
+        per_tok = tensor_bytes // max(1, nb * s.block_size) if tensor_bytes else 1
+        return EngineInfo(
+            total_blocks=int(s.kv_cache_manager.block_pool.num_gpu_blocks) - 1,  # null block
+            block_size=int(s.block_size), kv_bytes_per_token=max(1, int(per_tok)),
+            max_num_batched_tokens=self._cap, max_num_seqs=int(s.max_num_running_reqs),
+            max_model_len=int(s.max_model_len),
+            prefill_s_per_token=DEFAULT_PREFILL_S_PER_TOKEN if per_token_s is None
+            else float(per_token_s),
+            step_floor_s=DEFAULT_STEP_FLOOR_S if floor_s is None else float(floor_s),
+            swap_bytes_per_s=0.0,  # stock vLLM V1 has no swap: min-waste never picks it
+        )
+
+    # ------------------------------------------------------------------ state for policies
+    def free_for_admit(self) -> int:
+        s: Any = self
+        kvm = s.kv_cache_manager
+        free = kvm.block_pool.get_num_free_blocks()
+        return free - (kvm.watermark_blocks if s.running else 0)
+
+    def prefix_hit(self, request: Request) -> tuple[int, int]:
+        """(tokens the prefix cache would give ``request``, how many of those blocks are free)."""
+        s: Any = self
+        if request.num_computed_tokens > 0:
+            return request.num_computed_tokens, 0
+        blocks, hit, _ = s.kv_cache_manager.get_computed_blocks(request)
+        groups = blocks.blocks if hit else ()
+        free_hits = sum(1 for b in groups[0] if b.ref_cnt == 0) if groups else 0
+        return int(hit), int(free_hits)
+
+    def blocks_to_admit(self, request: Request, hit: tuple[int, int], room: int) -> int:
+        """Blocks vLLM's ``allocate_slots`` takes from the free pool to admit ``request``."""
+        s: Any = self
+        bs = s.block_size
+        tokens, free_hits = hit
+        chunk = max(1, min(request.num_tokens - tokens, max(room, 1)))
+        have = -(-tokens // bs)
+        return -(-(tokens + chunk) // bs) - have + free_hits
+
+    def engine_state(self) -> EngineState:
+        s: Any = self
+        running = s.running
+        pf = 0
+        for r in running:
+            if r.is_prefill_chunk:
+                pf += max(0, r.num_tokens - r.num_computed_tokens)
+        n_paused, paused_blocks = self._paused()
+        return EngineState(
+            now_s=self._clock(), free_blocks=s.kv_cache_manager.block_pool.get_num_free_blocks(),
+            paused_blocks=paused_blocks, num_running=len(running),
+            num_waiting=len(s.waiting) + len(s.kv_holding_waiting), num_paused=n_paused,
+            last_step_s=self._last_step_s, step=self._steps, running_prefill_tokens=pf,
+            swap_budget_blocks=0, info=self.aug_info,
+        )
+
+    # ------------------------------------------------------------------ vLLM hooks
+    def _room_after_running(self, budget: int) -> int:
+        """Token budget vLLM's running loop leaves for admissions (estimate, no preemption)."""
+        s: Any = self
+        room = budget
+        for r in s.running:
+            if room <= 0:
+                break
+            if (r.num_output_placeholders > 0 and r.num_computed_tokens + 2
+                    - r.num_output_placeholders >= r.num_prompt_tokens + r.max_tokens):
+                continue
+            n = r.num_tokens_with_spec + r.num_output_placeholders - r.num_computed_tokens
+            n = min(n, room, s.max_model_len - r.num_computed_tokens - 1)
+            if n > 0:
+                room -= n
+        return room
+
+    def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
+        s: Any = self
+        self._steps += 1
+        running = s.running
+        queue: PolicyQueue = s.waiting
+        n_dec = sum(1 for r in running if not r.is_prefill_chunk)
+        if len(queue) or n_dec < len(running):  # prefill work could be scheduled
+            b = int(self.aug_policy.token_budget(self.engine_state()))
+            budget = min(self._cap, max(1, b, n_dec))
+        else:
+            budget = self._cap
+        s.max_num_scheduled_tokens = budget
+        queue.begin_pass(self._room_after_running(budget))
+        try:
+            out = super().schedule(throttle_prefills)  # type: ignore[misc]
+        finally:
+            popped = queue.end_pass()
+        self._t_sched = time.perf_counter()
+        self.last_output = out
+        nst = out.num_scheduled_tokens
+        for rid, told in popped.items():
+            req = s.requests.get(rid)
+            if req is None or req.status != RequestStatus.RUNNING or rid not in nst:
+                continue
+            rt = self.runtime(req)
+            if not told and self.aug_policy.owns_queue:
+                self.aug_policy.on_admit(rt.view)
+            rt.on_admit(req.num_computed_tokens - nst[rid])
+            if self.trace is not None:
+                self.trace_event({"event": "admit", "t": round(self.now(), 6), "step": self._steps,
+                                  "rid": rt.view.rid, "request_id": rid, "budget": budget})
+        if self.step_log is not None and out.total_num_scheduled_tokens > 0:
+            self.step_log.append(self._step_stat(out))
+        return out
+
+    def _step_stat(self, out: SchedulerOutput) -> StepStat:
+        s: Any = self
+        n_pf = n_dec = dec_ctx = 0
+        attn = 0.0
+        for rid, n in out.num_scheduled_tokens.items():
+            req = s.requests[rid]
+            before = req.num_computed_tokens - n
+            if n == 1 and req.num_output_tokens > 0 and before == req.num_tokens - 1:
+                n_dec += 1
+                dec_ctx += before + 1
+            else:
+                n_pf += n
+                attn += n * (before + n / 2)
+        return StepStat(
+            step=self._steps, t_s=self._clock(), n_tokens=int(out.total_num_scheduled_tokens),
+            prefill_tokens=n_pf, num_decode=n_dec, decode_ctx_sum=dec_ctx, prefill_attn=attn,
+            num_running=len(s.running), num_waiting=len(s.waiting),
+            free_blocks=s.kv_cache_manager.block_pool.get_num_free_blocks(),
+        )
+
+    def update_from_output(self, scheduler_output: SchedulerOutput, model_runner_output: Any):
+        t = time.perf_counter()
+        if scheduler_output.total_num_scheduled_tokens > 0:
+            self._last_step_s = t - max(self._t_sched, self._t_update)
+        self._t_update = t
+        return super().update_from_output(  # type: ignore[misc]
+            scheduler_output, model_runner_output)
+
+    def _preempt_request(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        computed = request.num_computed_tokens
+        rt = self._rt.get(request.request_id)
+        super()._preempt_request(request, *args, **kwargs)  # type: ignore[misc]
+        if rt is not None:
+            rt.on_preempt(computed)
+
+    def _free_request(self, request: Request, *args: Any, **kwargs: Any) -> Any:
+        self._rt.pop(request.request_id, None)
+        return super()._free_request(request, *args, **kwargs)  # type: ignore[misc]
+
+
+class AugServeScheduler(AugServeSchedulerMixin, Scheduler):
+    """vLLM's synchronous ``Scheduler`` under an augserve policy (step-wise engine)."""
+
+
+class AugServeAsyncScheduler(AugServeSchedulerMixin, AsyncScheduler):
+    """vLLM's ``AsyncScheduler`` under an augserve policy (serving, async scheduling on)."""

@@ -1,0 +1,112 @@
+"""Start vLLM's OpenAI-compatible server with augserve's scheduler.
+
+    python -m augserve.vllm.server --policy augserve --predictor data/predictors/lgbm \\
+        [--model data/models/tiny_llama] [--port 8000] [-- <more vLLM server flags>]
+
+builds and runs (replacing this process)::
+
+    python -m vllm.entrypoints.openai.api_server --model <dir> --load-format dummy \\
+        --skip-tokenizer-init --enforce-eager --block-size 32 --host 127.0.0.1 --port 8000 \\
+        --scheduler-cls augserve.vllm.AugServeAsyncScheduler \\
+        --additional-config '{"augserve": {"policy": "augserve", "predictor": "..."}}'
+
+(the ``vllm`` console script of the CPU wheel does not start; the module does). Requests are
+ordinary ``/v1/completions`` calls; per-request hints go in ``vllm_xargs`` (see
+:mod:`augserve.vllm.runtime`). ``OMP_NUM_THREADS`` defaults to 1: OpenMP threads that spin on a
+busy machine slow CPU steps down by orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from augserve.vllm import VLLMNotInstalled, require_vllm
+
+
+def server_command(
+    model: str = "data/models/tiny_llama",
+    policy: str = "vllm",
+    predictor: str | None = None,
+    slo: str | None = None,
+    profile: str | None = None,
+    policy_kwargs: dict | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    block_size: int = 32,
+    max_model_len: int | None = None,
+    max_num_seqs: int = 16,
+    max_num_batched_tokens: int = 512,
+    kv_cache_gib: float = 0.25,
+    async_scheduler: bool = True,
+    extra: list[str] | None = None,
+    trace: str | None = None,
+) -> list[str]:
+    """The argv that starts vLLM's OpenAI server with augserve's scheduler."""
+    from augserve.vllm.engine import resolve_model
+
+    aug: dict = {"policy": policy}
+    for k, v in (("predictor", predictor), ("slo", slo), ("profile", profile),
+                 ("policy_kwargs", policy_kwargs), ("trace", trace)):
+        if v:
+            aug[k] = v
+    cls = "AugServeAsyncScheduler" if async_scheduler else "AugServeScheduler"
+    cmd = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(resolve_model(model)), "--load-format", "dummy", "--skip-tokenizer-init",
+        "--enforce-eager", "--block-size", str(block_size), "--host", host, "--port", str(port),
+        "--max-num-seqs", str(max_num_seqs), "--max-num-batched-tokens",
+        str(max_num_batched_tokens), "--kv-cache-memory-bytes", str(int(kv_cache_gib * 2**30)),
+        "--scheduler-cls", f"augserve.vllm.{cls}",
+        "--additional-config", json.dumps({"augserve": aug}),
+    ]
+    if not async_scheduler:
+        cmd.append("--no-async-scheduling")
+    if max_model_len:
+        cmd += ["--max-model-len", str(max_model_len)]
+    return cmd + list(extra or [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    p = argparse.ArgumentParser(prog="python -m augserve.vllm.server", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="data/models/tiny_llama")
+    p.add_argument("--policy", default="vllm")
+    p.add_argument("--predictor", default=None, help="artifact dir, or 'hints'")
+    p.add_argument("--slo", default=None)
+    p.add_argument("--profile", default=None)
+    p.add_argument("--trace", default=None, help="JSONL file of what the policy sees")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=16)
+    p.add_argument("--max-num-batched-tokens", type=int, default=512)
+    p.add_argument("--kv-cache-gib", type=float, default=0.25)
+    p.add_argument("--sync", action="store_true", help="AugServeScheduler, no async scheduling")
+    p.add_argument("--print", action="store_true", help="print the command instead of running")
+    a = p.parse_args(argv)
+    try:
+        require_vllm()
+    except VLLMNotInstalled as e:
+        print(f"augserve.vllm.server: {e}", file=sys.stderr)
+        return 2
+    cmd = server_command(a.model, a.policy, a.predictor, a.slo, a.profile, None, a.host, a.port,
+                         32, a.max_model_len, a.max_num_seqs, a.max_num_batched_tokens,
+                         a.kv_cache_gib, not a.sync, extra, a.trace)
+    if a.print:
+        print(" ".join(cmd))
+        return 0
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.execv(cmd[0], cmd)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""VLLMEngine end to end on a tiny scripted workload (needs the vllm extra)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]')")
+
+from augserve.metrics import summarize  # noqa: E402
+from augserve.request import AugRequest, Segment, ToolCall  # noqa: E402
+from augserve.sched import InferCeptPolicy, VLLMPolicy  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# vLLM keeps its distributed state per process: an engine destroyed while another is still in
+# use tears it down for both. Engines made here live until the end of the module.
+_ENGINES: list = []
+
+
+def keep(eng):
+    _ENGINES.append(eng)
+    return eng
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _engines_live_until_module_end():
+    yield
+    _ENGINES.clear()
+
+
+def script() -> list[AugRequest]:
+    """Five requests: 0-2 tool calls of 50-200 ms, prompts of 10-150 tokens."""
+    def call(kind: str, s: float, ret: int) -> ToolCall:
+        return ToolCall(kind, s, ret)
+
+    return [
+        AugRequest("r0", 0.00, 100, (Segment(5, call("calc", 0.05, 10)), Segment(4)), "math"),
+        AugRequest("r1", 0.02, 10, (Segment(8),), "chatbot"),
+        AugRequest("r2", 0.05, 150, (Segment(3, call("search", 0.2, 40)),
+                                      Segment(6, call("search", 0.1, 5)), Segment(2)), "qa"),
+        AugRequest("r3", 0.10, 40, (Segment(12),), "tts"),
+        AugRequest("r4", 0.30, 64, (Segment(1, call("img", 0.05, 1)), Segment(1)), "image"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from augserve.vllm.engine import VLLMEngine
+
+    return keep(VLLMEngine(num_gpu_blocks=48, max_num_seqs=4, max_num_batched_tokens=128,
+                           max_model_len=1024, clock_scale=1.0))
+
+
+def check_records(reqs: list[AugRequest], res) -> None:
+    by = {r.rid: r for r in res.records}
+    assert set(by) == {r.rid for r in reqs}
+    for r in reqs:
+        rec = by[r.rid]
+        assert rec.finished, r.rid
+        assert rec.output_tokens == r.output_tokens
+        assert len(rec.seg_start_idx) == len(r.segments)
+        assert rec.seg_start_idx[0] == 0
+        assert np.all(np.diff(rec.token_s) >= 0)
+        assert rec.token_s[0] >= r.arrival_s
+        assert len(rec.tool_start_s) == len(rec.tool_return_s) == r.num_calls
+        for k, seg in enumerate(r.segments[:-1]):
+            assert rec.tool_return_s[k] - rec.tool_start_s[k] == pytest.approx(seg.call.duration_s)
+            # the next segment starts after the tool returned
+            assert rec.token_s[rec.seg_start_idx[k + 1]] >= rec.tool_return_s[k]
+        assert rec.finish_s == rec.token_s[-1]
+        assert rec.kv_modes == ["vllm"] * r.num_calls
+
+
+def test_engine_runs_a_scripted_workload(engine) -> None:
+    reqs = script()
+    res = engine.run(reqs, VLLMPolicy(128))
+    check_records(reqs, res)
+    by = {r.rid: r for r in res.records}
+    # continuations reuse the cached prefix: r2 has 150 + 3 + 40 tokens before segment 1
+    assert by["r2"].prefix_hit_tokens >= 128
+    assert res.stats["steps"] > 0 and res.stats["prefix_hit_tokens"] > 0
+    s = summarize(res, "ttft:1000")
+    assert s["completed"] == len(reqs)
+    assert np.isfinite(s["median_ttft_ms"]) and s["median_ttft_ms"] > 0
+    assert s["num_calls"] == 4
+
+
+def test_engine_is_reusable_and_records_requested_kv_modes(engine) -> None:
+    reqs = script()
+    res = engine.run(reqs, InferCeptPolicy(128))
+    check_records(reqs, res)
+    modes = res.stats["requested_kv_modes"]
+    assert sum(modes.values()) == 4 and "vllm" not in modes
+
+
+def test_stepwise_interface_for_the_rl_env(engine) -> None:
+    reqs = script()
+    run = engine.start(reqs, VLLMPolicy(128))
+    decisions = 0
+    while run.advance():
+        st = run.state()
+        assert st.num_waiting >= 1 and st.free_blocks > 0
+        run.step()
+        decisions += 1
+    res = run.finish()
+    assert decisions >= 1
+    assert run.n_finished == len(reqs) == len(run.done_log)
+    assert all(r.gen == r.req.output_tokens for r in run.reqs)
+    assert len(run.step_log) == res.stats["steps"]
+    check_records(reqs, res)
+
+
+def test_small_kv_cache_preempts_and_counts_recompute() -> None:
+    from augserve.vllm.engine import VLLMEngine
+
+    eng = keep(VLLMEngine(num_gpu_blocks=17, max_num_seqs=4, max_num_batched_tokens=128,
+                          max_model_len=512, warmup=False))
+    reqs = [AugRequest(f"p{i}", 0.0, 200, (Segment(150),)) for i in range(3)]
+    res = eng.run(reqs, VLLMPolicy(128))
+    assert all(r.finished for r in res.records)
+    assert sum(r.preemptions for r in res.records) >= 1
+    assert sum(r.recomputed_tokens for r in res.records) > 0
+
+
+def test_workload_that_cannot_fit_is_an_error(engine) -> None:
+    big = [AugRequest("x", 0.0, 2000, (Segment(10),))]
+    with pytest.raises(ValueError, match="max_model_len"):
+        engine.run(big, VLLMPolicy(128))
+
+
+def test_serve_py_engine_vllm(tmp_path: Path) -> None:
+    """The Hydra wiring: engine=vllm selects conf/engine/vllm.yaml."""
+    cmd = [sys.executable, "serve.py", "engine=vllm", "policy=vllm", "workload.rate=1",
+           "workload.duration_s=3", "engine.clock_scale=100", "plots=false", "progress=false",
+           f"hydra.run.dir={tmp_path}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = json.loads((tmp_path / "vllm" / "summary.json").read_text())
+    assert s["completed"] == s["num_requests"] >= 1
+    assert s["engine_engine"] == "vllm"
+
+
+def test_rl_env_accepts_the_live_engine(engine) -> None:
+    pytest.importorskip("gymnasium")
+    pytest.importorskip("lightgbm")
+    from augserve.vllm.workload import ScaledWorkload
+    from augserve.workload import make_augmix
+    from predictors.artifact import load_predictor
+    from rl.env import SchedulingEnv
+
+    wl = ScaledWorkload(make_augmix(rate=4.0, duration_s=2), 0.1, 0.01, 1024)
+    env = SchedulingEnv(engine, wl, load_predictor(str(ROOT / "data/predictors/lgbm")), k=8,
+                        budget_bins=(64, 128))
+    obs, info = env.reset(seed=0)
+    assert obs["items"].shape == (8, env.obs_spec.f) and info["requests"] >= 1
+    done, steps = False, 0
+    while not done:
+        obs, _, term, trunc, info = env.step(env.action_space.sample())
+        done = term or trunc
+        steps += 1
+    assert term and info["decisions"] == steps
+    assert all(r.finished for r in env.result().records)
+
+
+def test_cpu_clock_and_profile_timings() -> None:
+    from augserve.vllm.deploy import profile_timing
+    from augserve.vllm.engine import VLLMEngine
+
+    with pytest.raises(ValueError, match="num_threads=1"):
+        VLLMEngine(clock="cpu", num_threads=2)
+    eng = keep(VLLMEngine(num_gpu_blocks=48, max_num_seqs=4, max_num_batched_tokens=128,
+                          max_model_len=1024, clock="cpu", clock_scale=2.0,
+                          profile="cpu_tiny_llama", warmup=False))
+    reqs = script()
+    run = eng.start(reqs, VLLMPolicy(128))
+    floor, per_tok = profile_timing("cpu_tiny_llama")
+    info = run.state().info
+    assert info.step_floor_s == pytest.approx(2 * floor)  # engine seconds
+    assert info.prefill_s_per_token == pytest.approx(2 * per_tok)
+    while run.advance():
+        run.step()
+    res = run.finish()
+    check_records(reqs, res)
+    assert res.stats["clock"] == "cpu" and res.stats["stolen_s"] >= 0
+    assert res.stats["wall_s"] >= res.end_s / 2
