@@ -21,6 +21,29 @@ class RunResult:
     stats: dict[str, Any] = field(default_factory=dict)  # engine counters (steps, forward time…)
 
 
+def validated(requests: Sequence[AugRequest], max_model_len: int,
+              num_blocks: int, block_size: int) -> list[AugRequest]:
+    """Requests sorted by arrival; a duplicate id, a context over ``max_model_len`` tokens or one
+    that can never fit ``num_blocks`` KV blocks is an error naming the request."""
+    reqs = sorted(requests, key=lambda r: r.arrival_s)
+    seen: set[str] = set()
+    for r in reqs:
+        if r.rid in seen:
+            raise ValueError(f"duplicate request id {r.rid!r}")
+        seen.add(r.rid)
+        if r.final_context > max_model_len:
+            raise ValueError(
+                f"request {r.rid}: context reaches {r.final_context} tokens > "
+                f"max_model_len={max_model_len}; fit the workload to the model first"
+            )
+        if r.final_context + 1 > num_blocks * block_size:
+            raise ValueError(
+                f"request {r.rid}: context of {r.final_context} tokens can never fit the "
+                f"KV cache of {num_blocks} blocks"
+            )
+    return reqs
+
+
 class Engine(ABC):
     """An engine plays the model and the tools for a stream of :class:`AugRequest`."""
 

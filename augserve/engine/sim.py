@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from augserve.engine.base import Engine, RunResult
+from augserve.engine.base import Engine, RunResult, validated
 from augserve.engine.cost import CostModel, LinearCostModel, Profile
 from augserve.engine.kv import BlockPool
 from augserve.records import RequestRecord
@@ -201,23 +201,7 @@ class SimRun:
         self.bs = eng.block_size
         self.info = eng.info()
         policy.reset(self.info)
-        cap_tokens = eng.num_blocks * self.bs
-        reqs = sorted(requests, key=lambda r: r.arrival_s)
-        seen: set[str] = set()
-        for r in reqs:
-            if r.rid in seen:
-                raise ValueError(f"duplicate request id {r.rid!r}")
-            seen.add(r.rid)
-            if r.final_context > eng.max_model_len:
-                raise ValueError(
-                    f"request {r.rid}: context reaches {r.final_context} tokens > "
-                    f"max_model_len={eng.max_model_len}; fit the workload to the model first"
-                )
-            if r.final_context + 1 > cap_tokens:
-                raise ValueError(
-                    f"request {r.rid}: context of {r.final_context} tokens can never fit the "
-                    f"KV cache of {eng.num_blocks} blocks"
-                )
+        reqs = validated(requests, eng.max_model_len, eng.num_blocks, self.bs)
         self.reqs = [_Req(r, i, policy.oracle, self) for i, r in enumerate(reqs)]
         self.pool = BlockPool(eng.num_blocks, self.cfg.prefix_caching)
         self.now = 0.0

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from augserve.engine.base import Engine, RunResult
+from augserve.engine.base import Engine, RunResult, validated
 from augserve.records import RequestRecord
 from augserve.request import AugRequest, EngineInfo, EngineState, KVMode
 from augserve.sched.base import Policy
@@ -264,20 +264,7 @@ class VLLMRun:
         if self.llm.has_unfinished_requests():
             raise RuntimeError("the vLLM engine still has requests from an earlier run")
         info = self.sched.aug_info
-        cap_tokens = info.total_blocks * self.bs
-        reqs = sorted(requests, key=lambda r: r.arrival_s)
-        seen: set[str] = set()
-        for r in reqs:
-            if r.rid in seen:
-                raise ValueError(f"duplicate request id {r.rid!r}")
-            seen.add(r.rid)
-            if r.final_context > eng.max_model_len:
-                raise ValueError(
-                    f"request {r.rid}: context reaches {r.final_context} tokens > "
-                    f"max_model_len={eng.max_model_len}; fit the workload to the model first")
-            if r.final_context + 1 > cap_tokens:
-                raise ValueError(f"request {r.rid}: context of {r.final_context} tokens can "
-                                 f"never fit the KV cache of {info.total_blocks} blocks")
+        reqs = validated(requests, eng.max_model_len, info.total_blocks, self.bs)
         self.stats: dict[str, Any] = {
             "steps": 0, "forward_s": 0.0, "prefill_tokens": 0, "decode_tokens": 0,
             "preemptions": 0, "prefix_hit_tokens": 0, "num_gpu_blocks": info.total_blocks,

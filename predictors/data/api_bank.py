@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from augserve.workload.tokens import count_tokens
+from predictors.data.jsonio import load_json
 from predictors.schema import ConversionReport, ToolUseRow
 
 SOURCE = "api_bank"
@@ -56,16 +57,6 @@ DESC_FILES = (
 )
 _HELPERS = frozenset({"ToolSearcher", "GetUserToken"})
 _REQUEST = re.compile(r"API-Request:\s*\[(\w+)\(")
-
-
-def _load_json(path: Path, kind: type) -> Any:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(data, kind):
-        raise ValueError(f"{path}: top level must be a {kind.__name__}, got {type(data).__name__}")
-    return data
 
 
 def _load_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -92,7 +83,7 @@ def _descriptions(test_dir: Path, report: ConversionReport) -> dict[str, str]:
             report.missing(f"file:test-data/{name}")
             continue
         report.files += 1
-        for item in _load_json(path, list):
+        for item in load_json(path, list):
             instr = item.get("instruction") if isinstance(item, dict) else None
             if not isinstance(instr, str) or "API descriptions:" not in instr:
                 continue
@@ -199,12 +190,12 @@ def _level3(test_dir: Path, desc: dict[str, str], report: ConversionReport) -> l
         report.missing("file:test-data/level-3.json")
         return []
     report.files += 1
-    data = _load_json(path, list)
+    data = load_json(path, list)
     steps: dict[tuple[int, int], str] = {}
     batch = test_dir / "level-3-batch-inf.json"
     if batch.is_file():
         report.files += 1
-        for item in _load_json(batch, list):
+        for item in load_json(batch, list):
             if isinstance(item, dict) and isinstance(item.get("output"), str):
                 steps[(item.get("sample_id"), item.get("api_id"))] = item["output"]
     else:

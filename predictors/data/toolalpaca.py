@@ -28,12 +28,12 @@ prompt). ``group`` = ``toolalpaca:<API Name>``: the gold rows and the model rows
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from augserve.workload.tokens import count_tokens
+from predictors.data.jsonio import load_json
 from predictors.schema import ConversionReport, ToolUseRow
 
 SOURCE = "toolalpaca"
@@ -42,16 +42,6 @@ _REQUIRED = ("Name", "Instructions", "Golden_Answers", "Function_Description", "
 _STEP = re.compile(r"^(\d+)\. (Function|Final Response): ?", re.M)
 _CALL = re.compile(r"(.*?)\nParameters: (.*?)\nRetruns: (.*)", re.S)
 _SOLUTION = "## AI Assistant's Solution\n"
-
-
-def _load_json(path: Path, kind: type) -> Any:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(data, kind):
-        raise ValueError(f"{path}: top level must be a {kind.__name__}, got {type(data).__name__}")
-    return data
 
 
 def _tools(api: dict[str, Any]) -> tuple[list[str], int]:
@@ -65,7 +55,7 @@ def _gold_rows(
 ) -> list[ToolUseRow]:
     split = path.stem
     rows = []
-    for api in _load_json(path, list):
+    for api in load_json(path, list):
         instructions = api.get("Instructions") if isinstance(api, dict) else None
         n_instr = len(instructions) if isinstance(instructions, list) else 1
         missing = [k for k in _REQUIRED if not isinstance(api, dict) or k not in api]
@@ -158,7 +148,7 @@ def _model_rows(
 ) -> list[ToolUseRow]:
     model = path.stem
     rows = []
-    for name, entries in _load_json(path, dict).items():
+    for name, entries in load_json(path, dict).items():
         if name == "statistics":
             continue
         if not isinstance(entries, list):
