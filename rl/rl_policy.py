@@ -5,7 +5,8 @@ from a checkpoint (:mod:`rl.checkpoint`), run greedily: the ranking's first ``to
 descending network score, the rest in AugServe's order (the same split the top-m Plackett–Luce
 policy was trained with; with ``top_m`` = K this is plain "scores = logits"), and the arg-max
 budget bin. K, the budget bins and the AugServe settings it was trained with come from the
-checkpoint; keyword arguments override the AugServe settings (e.g. ``slo``).
+checkpoint; keyword arguments override the AugServe settings (e.g. ``slo``). Inference runs
+on one torch thread by default (``torch_threads``; it sets torch's process-wide thread count).
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ class RLPolicy(LearnedStage2):
 
     def __init__(self, checkpoint: str | Path, predictor: Predictor | None = None,
                  k: int | None = None, budget_bins: list[int] | None = None,
-                 **augserve: Any) -> None:
+                 torch_threads: int | None = 1, **augserve: Any) -> None:
+        if torch_threads:  # a ~30k-parameter net: threads only add overhead (and stall on a
+            torch.set_num_threads(int(torch_threads))  # busy machine); process-wide setting
         expect = None
         if k is not None or budget_bins is not None:
             base = ObsSpec()
