@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +43,17 @@ def validated(requests: Sequence[AugRequest], max_model_len: int,
                 f"KV cache of {num_blocks} blocks"
             )
     return reqs
+
+
+def next_event_time(pending: Sequence, next_arrival: int, tool_heap: list) -> float | None:
+    """Earliest of the next arrival (``pending[next_arrival]``, objects with ``.req.arrival_s``,
+    sorted) and the next tool return (heap of ``(time, ...)``); None when neither is left (s)."""
+    t = math.inf
+    if next_arrival < len(pending):
+        t = pending[next_arrival].req.arrival_s
+    if tool_heap:
+        t = min(t, tool_heap[0][0])
+    return None if math.isinf(t) else t
 
 
 class Engine(ABC):

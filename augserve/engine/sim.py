@@ -45,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from augserve.engine.base import Engine, RunResult, validated
+from augserve.engine.base import Engine, RunResult, next_event_time, validated
 from augserve.engine.cost import CostModel, LinearCostModel, Profile
 from augserve.engine.kv import BlockPool
 from augserve.records import RequestRecord
@@ -340,12 +340,7 @@ class SimRun:
         return False
 
     def next_event_time(self) -> float | None:
-        t = math.inf
-        if self.next_arrival < len(self.reqs):
-            t = self.reqs[self.next_arrival].req.arrival_s
-        if self.tool_heap:
-            t = min(t, self.tool_heap[0][0])
-        return None if math.isinf(t) else t
+        return next_event_time(self.reqs, self.next_arrival, self.tool_heap)
 
     def process_events(self) -> None:
         now = self.now

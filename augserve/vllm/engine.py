@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from augserve.engine.base import Engine, RunResult, validated
+from augserve.engine.base import Engine, RunResult, next_event_time, validated
 from augserve.records import RequestRecord
 from augserve.request import AugRequest, EngineInfo, EngineState, KVMode
 from augserve.sched.base import Policy
@@ -385,12 +385,7 @@ class VLLMRun:
                 and len(s.running) < s.max_num_running_reqs)
 
     def _next_event(self) -> float | None:
-        t = math.inf
-        if self.next_arrival < len(self.reqs):
-            t = self.reqs[self.next_arrival].req.arrival_s
-        if self.tool_heap:
-            t = min(t, self.tool_heap[0][0])
-        return None if math.isinf(t) else t
+        return next_event_time(self.reqs, self.next_arrival, self.tool_heap)
 
     def advance(self) -> bool:
         """Run until a step needs a policy decision (True: call ``step()``), or the end."""
