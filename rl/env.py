@@ -9,7 +9,8 @@ cache) are advanced without the agent.
 **Observation** (``Dict``, float32 in [0, :data:`rl.obs.OBS_HIGH`] unless noted): ``items``
 ``[K, F]`` per-candidate features (:data:`rl.obs.ITEM_FEATURES`: AugServe value, predicted
 remaining tokens / calls / tool time, tokens generated, waiting time, prompt and context length,
-tokens to recompute, KV need vs free, resumed / preempted / promoted flags, AugServe rank),
+tokens to recompute, KV need vs free, resumed / preempted / promoted flags, AugServe rank, and
+the TTFT SLO's state: first token still pending and on time, seconds left, already late),
 ``mask`` ``[K]`` (int8, 1 = a real candidate) and ``engine`` ``[G]``
 (:data:`rl.obs.ENGINE_FEATURES`: free and paused KV, running, waiting, step time, backlog,
 arrival rate, last budget). Only what a policy may see: request views and predictions, never the

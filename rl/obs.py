@@ -33,6 +33,9 @@ ITEM_FEATURES: tuple[str, ...] = (
     "preempted",  # 1 if it waits after a preemption
     "promoted",  # 1 if it is the starvation tier's head on a tier turn (admitted first)
     "value_rank",  # its position in AugServe's order / K
+    "ttft_pending",  # 1 if it has no first token yet and its TTFT deadline is still ahead
+    "ttft_slack_s",  # seconds left to its TTFT deadline (0 once it has a token or is late), log1p
+    "ttft_late",  # 1 if it has no first token and its TTFT deadline has passed
 )
 
 #: engine features, in order
@@ -89,8 +92,12 @@ def build_observation(
     backlog_tokens: int,
     arrival_rate: float,
     last_budget: int,
+    ttft_s: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """The observation dict for ``cands`` (at most ``spec.k``; the rest is masked)."""
+    """The observation dict for ``cands`` (at most ``spec.k``; the rest is masked).
+
+    ``ttft_s`` is the TTFT SLO (s); without one the three ``ttft_*`` features stay 0.
+    """
     k = spec.k
     items = np.zeros((k, spec.f), dtype=np.float32)
     mask = np.zeros(k, dtype=np.int8)
@@ -100,7 +107,7 @@ def build_observation(
         raw = np.array([
             (c.value, c.pred_out, c.pred_calls, c.pred_tool_s, v.generated_tokens,
              v.wait_since_s, v.prompt_tokens, v.context_tokens, v.computed_tokens,
-             v.calls_done > 0, v.preempted, c.promoted)
+             v.calls_done > 0, v.preempted, c.promoted, v.arrival_s)
             for c in cands[:n] for v in (c.view,)
         ], dtype=np.float64)
         ctx = raw[:, 7]
@@ -118,6 +125,15 @@ def build_observation(
         out[:, 9] = np.minimum(-(-unc // info.block_size) / max(state.free_blocks, 1), 4.0)
         out[:, 10:13] = raw[:, 9:12]
         out[:, 13] = np.arange(n) / k
+        if ttft_s is not None:
+            # the SLO counts only the first token: what is still at stake is the TTFT of
+            # requests without one, and how much time each has left
+            pending = raw[:, 4] == 0
+            slack = raw[:, 12] + ttft_s - state.now_s
+            on_time = pending & (slack > 0)
+            out[:, 14] = on_time
+            out[:, 15] = np.where(on_time, np.log1p(np.maximum(slack, 0.0)), 0.0)
+            out[:, 16] = pending & ~on_time
         np.minimum(out, OBS_HIGH, out=out)
         mask[:n] = 1
     total = max(info.total_blocks, 1)

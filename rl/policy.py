@@ -116,7 +116,7 @@ class LearnedStage2(AugServePolicy):
         self._cands = cands
         rate = 1.0 / self._gap if self._gap > 0 else 0.0
         return build_observation(self.spec, cands, state, len(self.queue),
-                                 self.backlog_tokens, rate, self._budget)
+                                 self.backlog_tokens, rate, self._budget, self.ttft_s)
 
     @abstractmethod
     def decide(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:

@@ -279,7 +279,7 @@ def test_cached_predictor_matches_base(predictor):
                               predictor.predict_remaining(views[:1]).tool_s)
 
 
-def reference_observation(spec, cands, state, n_waiting, backlog, rate, last_budget):
+def reference_observation(spec, cands, state, n_waiting, backlog, rate, last_budget, ttft_s=None):
     """The per-row builder the vectorized one replaced."""
     k = spec.k
     items = np.zeros((k, spec.f), dtype=np.float32)
@@ -288,12 +288,17 @@ def reference_observation(spec, cands, state, n_waiting, backlog, rate, last_bud
         v = c.view
         ctx = v.context_tokens
         unc = max(ctx - v.computed_tokens, 0)
+        pending, on_time, slack = v.generated_tokens == 0, False, 0.0
+        if ttft_s is not None and pending:
+            slack = v.arrival_s + ttft_s - state.now_s
+            on_time = slack > 0
         items[i] = (np.log1p(max(c.value, 0.0)), np.log1p(max(c.pred_out, 0.0)),
                     max(c.pred_calls, 0.0), np.log1p(max(c.pred_tool_s, 0.0)),
                     np.log1p(v.generated_tokens), np.log1p(max(state.now_s - v.wait_since_s, 0.0)),
                     np.log1p(v.prompt_tokens), np.log1p(ctx), np.log1p(unc),
                     min(-(-unc // bs) / free, 4.0), float(v.calls_done > 0), float(v.preempted),
-                    float(c.promoted), i / k)
+                    float(c.promoted), i / k, float(on_time),
+                    np.log1p(slack) if on_time else 0.0, float(pending and not on_time))
     return np.minimum(items, OBS_HIGH)
 
 
@@ -304,12 +309,15 @@ def test_fast_path_keeps_decisions(monkeypatch):
     def checking_build(spec, cands, state, *a):
         obs = build_observation(spec, cands, state, *a)
         assert np.array_equal(obs["items"], reference_observation(spec, cands, state, *a))
-        checked.append(1)
+        checked.append(obs["items"])
         return obs
 
     monkeypatch.setattr(rl_policy, "build_observation", checking_build)
     fast = rollout(make_default_env(**OVERLOAD), seed=7)
     assert checked
+    seen = np.concatenate(checked)
+    for name in ("ttft_pending", "ttft_slack_s", "ttft_late"):  # overload exercises all three
+        assert seen[:, ITEM_FEATURES.index(name)].max() > 0, name
 
     class Plain(rl_env.ActionPolicy):
         def __init__(self, pred, **kw):
