@@ -3,6 +3,7 @@
     python serve.py                                   # the embedded default comparison
     python serve.py policy=infercept workload=infercept_json workload.rate=3.0 seed=1
     python serve.py -m workload.rate=1,2,3,4 policy=vllm,infercept
+    python serve.py server=openai policy=augserve     # vLLM's OpenAI server with the policy
 
 Results go to the Hydra output directory (printed at the end).
 """
@@ -24,6 +25,8 @@ log = logging.getLogger("serve")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> float:
+    if cfg.get("server"):
+        return serve_openai(cfg)
     out_dir = HydraConfig.get().runtime.output_dir
     policies_cfg = cfg.get("policies") or {}
     if not policies_cfg:
@@ -45,6 +48,22 @@ def main(cfg: DictConfig) -> float:
           f"<policy>/requests.csv)")
     # the return value lets sweepers optimize on goodput of the (first) policy
     return float(next(iter(summaries.values()))["goodput"])
+
+
+def serve_openai(cfg: DictConfig) -> float:
+    """``server=openai``: replace this process with vLLM's OpenAI server running the policy."""
+    from augserve.vllm.server import command_from_config, exec_server
+
+    sections = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(sections, dict)
+    cmd = command_from_config(sections["server"], sections.get("policies") or {},
+                              sections.get("predictor"), cfg.slo.spec)
+    if cfg.server.print_only:
+        print(" ".join(cmd))
+        return 0.0
+    log.info("starting: %s", " ".join(cmd))
+    exec_server(cmd)
+    return 0.0  # not reached
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ builds and runs (replacing this process)::
         --scheduler-cls augserve.vllm.AugServeAsyncScheduler \\
         --additional-config '{"augserve": {"policy": "augserve", "predictor": "..."}}'
 
-(the ``vllm`` console script of the CPU wheel does not start; the module does). Requests are
+(the ``vllm`` console script of the CPU wheel does not start; the module does).
+``python serve.py server=openai policy=augserve`` does the same from the Hydra config
+(``conf/server/openai.yaml``). Requests are
 ordinary ``/v1/completions`` calls; per-request hints go in ``vllm_xargs`` (see
 :mod:`augserve.vllm.runtime`). ``OMP_NUM_THREADS`` defaults to 1: OpenMP threads that spin on a
 busy machine slow CPU steps down by orders of magnitude.
@@ -22,6 +24,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from augserve.vllm import VLLMNotInstalled, require_vllm
 
@@ -69,6 +73,42 @@ def server_command(
     return cmd + list(extra or [])
 
 
+def command_from_config(server: Mapping[str, Any], policies: Mapping[str, Any],
+                        predictor: Mapping[str, Any] | None, slo: str | None) -> list[str]:
+    """The server argv for ``serve.py server=openai`` (resolved Hydra config sections).
+
+    The one selected policy's ``_target_`` becomes the scheduler's policy and its other keys its
+    kwargs; the predictor section's artifact ``path`` and the SLO spec go along.
+    """
+    if len(policies) != 1:
+        raise ValueError(f"server=openai serves one policy; {len(policies)} selected "
+                         f"({', '.join(policies)}): use e.g. policy=augserve")
+    (name, pcfg), = policies.items()
+    pcfg = dict(pcfg)
+    target = pcfg.pop("_target_", None)
+    if not target:
+        raise ValueError(f"policy {name!r} has no _target_")
+    pcfg.pop("predictor", None)
+    pcfg.pop("slo", None)
+    path = (predictor or {}).get("path")
+    return server_command(
+        model=str(server["model"]), policy=str(target), predictor=str(path) if path else None,
+        slo=slo, policy_kwargs=pcfg or None, host=str(server["host"]),
+        port=int(server["port"]), max_model_len=server.get("max_model_len"),
+        max_num_seqs=int(server["max_num_seqs"]),
+        max_num_batched_tokens=int(server["max_num_batched_tokens"]),
+        kv_cache_gib=float(server["kv_cache_gib"]),
+        async_scheduler=bool(server["async_scheduling"]), extra=list(server.get("extra") or []),
+        trace=server.get("trace"))
+
+
+def exec_server(cmd: list[str]) -> None:
+    """Replace this process with the server (vLLM must be installed)."""
+    require_vllm()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.execv(cmd[0], cmd)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra: list[str] = []
@@ -103,8 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.print:
         print(" ".join(cmd))
         return 0
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.execv(cmd[0], cmd)
+    exec_server(cmd)
     return 0  # not reached
 
 
