@@ -26,7 +26,7 @@ from augserve.report import plot_goodput_vs_rate, plot_ttft_cdf
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ["vllm", "infercept", "lamps", "ltr", "augserve_stage1", "augserve_no_budget",
-            "augserve", "oracle"]
+            "augserve", "rl_ckpt", "oracle"]
 
 
 @dataclass
@@ -47,7 +47,7 @@ def studies(data_dir: str) -> list[Study]:
         Study("infercept_mix", mix, [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0],
               notes="InferCept's setting: GPT-J-6B/A100, no prefix caching, 1800 s"),
         Study("augmix", ["workload=augmix", "workload.duration_s=600"],
-              [4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0],
+              [4.0, 6.0, 8.0, 9.0, 10.0, 12.0, 14.0, 16.0],
               notes="built-in generator, Llama-3-8B/A100, prefix caching on, 600 s"),
         Study("toolmix", ["workload=toolmix", "workload.duration_s=600"],
               [2.0, 4.0, 6.0, 8.0, 9.0, 10.0, 12.0],
@@ -61,17 +61,21 @@ def studies(data_dir: str) -> list[Study]:
     ]
 
 
-def run_study(st: Study, seed: int, data_dir: str, quick: bool) -> list[dict]:
+def run_study(st: Study, seed: int, data_dir: str, quick: bool,
+              sweep_root: Path = ROOT / "multirun" / "paper",
+              extra_overrides: tuple[str, ...] = ()) -> list[dict]:
+    """Run one study as a Hydra multirun under ``sweep_root/<name>``; its summary rows."""
     rates = st.rates[:3] if quick else st.rates
     extra = ["workload.duration_s=120"] if quick else []
+    sweep_dir = Path(sweep_root) / st.name
     cmd = [sys.executable, str(ROOT / "serve.py"), "--config-dir", str(ROOT / "experiments" /
            "conf"), "--config-name", "paper", "-m", *st.overrides, *extra,
            f"workload.rate={','.join(str(r) for r in rates)}", f"seed={seed}",
-           f"data_dir={data_dir}", f"study={st.name}"]
+           f"data_dir={data_dir}", f"study={st.name}", f"hydra.sweep.dir={sweep_dir}",
+           *extra_overrides]
     print(f"[{st.name}] {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
     rows = []
-    sweep_dir = ROOT / "multirun" / "paper" / st.name
     for job in sorted(p for p in sweep_dir.iterdir() if (p / "summary.csv").is_file()):
         cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
         rate = float(cfg["workload"]["rate"])
@@ -145,7 +149,9 @@ def report(all_rows: list[dict], out: Path, studies_run: list[Study]) -> str:
                     f"TTFT p50 {100 * (1 - t['augserve'] / t['vllm']):.0f}% below vllm, "
                     f"{100 * (1 - t['augserve'] / t['infercept']):.0f}% below infercept. "
                     f"Capacity augserve/infercept = "
-                    f"{ratio(caps['augserve'], caps['infercept'])}.", ""]
+                    f"{ratio(caps['augserve'], caps['infercept'])}."
+                    + (f" Learned Stage II (rl_ckpt) = {ratio(g['rl_ckpt'], g['augserve'])} "
+                       f"augserve." if "rl_ckpt" in g else ""), ""]
                 recs = {}
                 job = Path(next(iter(at.values()))["job"])
                 for p in at:

@@ -8,9 +8,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from paper import POLICIES  # experiments/paper.py, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
-POLICIES = ["vllm", "infercept", "lamps", "ltr", "augserve_stage1", "augserve_no_budget",
-            "augserve", "oracle"]
 
 
 def main() -> None:
