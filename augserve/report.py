@@ -87,11 +87,16 @@ def comparison_table(summaries: Mapping[str, Mapping[str, Any]], markdown: bool 
     return "\n".join([line(header), rule, *(line(r) for r in body)])
 
 
+def _legend(ax: Any) -> None:
+    # beside the axes: with nine policies an inside legend hides the curves
+    ax.legend(title="policy", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+
+
 def _save(fig: Any, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -123,7 +128,7 @@ def plot_ttft_cdf(
     ax.set_ylabel("fraction of requests")
     ax.set_title("TTFT CDF per policy\n(requests with no token yet count as never served)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(title="policy")
+    _legend(ax)
     return _save(fig, path)
 
 
@@ -189,7 +194,7 @@ def plot_goodput_vs_rate(
         v = r.get(metric)
         v = float(v) * scale if v is not None else math.nan
         by_policy.setdefault(str(r["policy"]), []).append((float(r["rate"]), v))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, pts in by_policy.items():
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
@@ -199,5 +204,5 @@ def plot_goodput_vs_rate(
     if metric == "slo_attainment":
         ax.set_ylim(0, 105)
     ax.grid(True, alpha=0.3)
-    ax.legend(title="policy")
+    _legend(ax)
     return _save(fig, path)

@@ -8,6 +8,7 @@ figures (goodput vs rate, SLO attainment vs rate, TTFT CDF at the stress point).
 
     python experiments/paper.py                 # all studies (tens of minutes on 2 cores)
     python experiments/paper.py --studies augmix --quick   # a small smoke run
+    python experiments/paper.py --report-only   # tables and figures again from multirun/paper/
 """
 
 from __future__ import annotations
@@ -75,6 +76,14 @@ def run_study(st: Study, seed: int, data_dir: str, quick: bool,
            *extra_overrides]
     print(f"[{st.name}] {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
+    return collect_rows(st, seed, rates, sweep_dir)
+
+
+def collect_rows(st: Study, seed: int, rates: list[float], sweep_dir: Path) -> list[dict]:
+    """Summary rows of a study's finished jobs under ``sweep_dir`` (for ``seed`` and ``rates``)."""
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"{sweep_dir}: no sweep output for study {st.name!r} "
+                                "(run without --report-only first)")
     rows = []
     for job in sorted(p for p in sweep_dir.iterdir() if (p / "summary.csv").is_file()):
         cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
@@ -186,13 +195,19 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
     ap.add_argument("--quick", action="store_true", help="3 rates, 120 s windows (smoke run)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rebuild the tables and figures from the last run's multirun/paper/")
     args = ap.parse_args()
     data_dir = str(Path(args.data).resolve())
     chosen = [s for s in studies(data_dir) if args.studies == "all" or s.name in
               args.studies.split(",")]
     rows: list[dict] = []
     for st in chosen:
-        rows += run_study(st, args.seed, data_dir, args.quick)
+        if args.report_only:
+            rates = st.rates[:3] if args.quick else st.rates
+            rows += collect_rows(st, args.seed, rates, ROOT / "multirun" / "paper" / st.name)
+        else:
+            rows += run_study(st, args.seed, data_dir, args.quick)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = "paper_quick" if args.quick else "paper"
