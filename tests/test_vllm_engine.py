@@ -189,3 +189,28 @@ def test_cpu_clock_and_profile_timings() -> None:
     check_records(reqs, res)
     assert res.stats["clock"] == "cpu" and res.stats["stolen_s"] >= 0
     assert res.stats["wall_s"] >= res.end_s / 2
+
+
+def test_calibrate_writes_a_profile_and_prints_the_fidelity_table(tmp_path: Path) -> None:
+    """python -m augserve.calibrate end to end on the tiny model (short runs: the error figures
+    of so few steps are not the point; docs/vllm.md has the full-size table)."""
+    from augserve.engine.cost import LinearCostModel, load_profile
+
+    prof, rep = tmp_path / "cpu_tiny_test.yaml", tmp_path / "report.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "augserve.calibrate", "--model", "data/models/tiny_llama",
+         "--name", "cpu_tiny_test", "--out", str(prof), "--json", str(rep),
+         "--profile-rates", "2", "--profile-duration", "4", "--duration", "3",
+         "--overload-duration", "3", "--light-rate", "1", "--overload-rate", "6",
+         "--tool-scale", "0.01"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    cost = LinearCostModel(load_profile(str(prof)))  # a valid profile SimEngine can load
+    assert 0 < cost.step_time(1, 0, 0.0) < cost.step_time(512, 0, 0.0) < 1.0
+    report = json.loads(rep.read_text())
+    assert report["fit"]["steps"] > 50 and np.isfinite(report["fit"]["median"])
+    for regime in ("light load", "overload"):
+        assert report[regime]["live"]["completed"] == report[regime]["live"]["num_requests"] > 0
+        assert report[regime]["sim"]["num_requests"] == report[regime]["live"]["num_requests"]
+    for metric in ("TTFT p50", "TPOT p90", "E2EL p50", "E2EL p90"):
+        assert out.stdout.count(metric) >= 2, out.stdout[-2000:]  # one row per regime
