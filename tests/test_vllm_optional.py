@@ -194,3 +194,21 @@ def test_serve_py_server_openai_builds_the_server_command(tmp_path: Path) -> Non
                           f"hydra.run.dir={tmp_path}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert two.returncode != 0 and "serves one policy" in two.stderr
+
+
+def test_serve_py_server_openai_with_the_learned_policy(tmp_path: Path) -> None:
+    """policy=rl_ckpt on the server: the checkpoint and the default predictor go along."""
+    import json
+
+    from rl.rl_policy import RLPolicy
+
+    out = subprocess.run([sys.executable, "serve.py", "server=openai", "policy=rl_ckpt",
+                          "server.print_only=true", "~predictor",
+                          f"hydra.run.dir={tmp_path}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cfg = json.loads(out.stdout.strip().splitlines()[-1].split("--additional-config ", 1)[1])
+    assert cfg["augserve"]["policy"] == "rl_ckpt"
+    assert cfg["augserve"]["predictor"] == "data/predictors/lgbm"
+    pol = make_policy(cfg["augserve"], 2048)
+    assert isinstance(pol, RLPolicy) and pol.checkpoint == "data/rl/ppo" and pol.ttft_s == 1.0

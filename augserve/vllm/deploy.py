@@ -6,7 +6,9 @@
 key                        meaning
 =========================  =========================================================================
 ``policy``                 ``vllm`` (default), ``infercept``, ``augserve``, ``lamps``, ``ltr``,
-                           ``predicted_sjf``, or a ``module.Class`` qualname
+                           ``predicted_sjf``, ``rl_ckpt`` (the learned Stage II; its
+                           ``policy_kwargs`` name the ``checkpoint`` dir), or a
+                           ``module.Class`` qualname
 ``policy_kwargs``          keyword arguments of the policy's constructor
 ``max_num_batched_tokens`` the policy's static budget (default: vLLM's ``max_num_batched_tokens``)
 ``predictor``              a Stage I artifact directory (e.g. ``data/predictors/lgbm``), or
@@ -19,8 +21,8 @@ key                        meaning
 =========================  =========================================================================
 
 This module is the composition root of a vLLM deployment (the role Hydra plays for
-``serve.py``): it is the only place in ``augserve.vllm`` that may import ``predictors/``, and
-only when the configuration names an artifact.
+``serve.py``): it is the only place in ``augserve.vllm`` that may import ``predictors/`` or
+``rl/``, and only when the configuration names an artifact or the learned policy.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ POLICIES: dict[str, tuple[str, bool]] = {
     "lamps": ("augserve.sched.lamps.LAMPSPolicy", True),
     "ltr": ("augserve.sched.ltr.LTRPolicy", True),
     "predicted_sjf": ("augserve.sched.predicted_sjf.PredictedSJFPolicy", True),
+    "rl_ckpt": ("rl.rl_policy.RLPolicy", True),  # policy_kwargs: {"checkpoint": <dir>}
 }
 
 

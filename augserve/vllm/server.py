@@ -91,6 +91,10 @@ def command_from_config(server: Mapping[str, Any], policies: Mapping[str, Any],
     pcfg.pop("predictor", None)
     pcfg.pop("slo", None)
     path = (predictor or {}).get("path")
+    if target == "rl.rl_policy.make_rl_policy":  # conf/policy/rl_ckpt.yaml's factory
+        target = "rl_ckpt"
+        path = path or pcfg.pop("default_predictor", None)
+        pcfg.pop("default_predictor", None)
     return server_command(
         model=str(server["model"]), policy=str(target), predictor=str(path) if path else None,
         slo=slo, policy_kwargs=pcfg or None, host=str(server["host"]),
