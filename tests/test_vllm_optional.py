@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -182,10 +183,14 @@ def test_serve_py_server_openai_builds_the_server_command(tmp_path: Path) -> Non
                           "policies.augserve.starve_after_s=7", f"hydra.run.dir={tmp_path}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    argv = out.stdout.strip().splitlines()[-1].split(" ", 1)[1]
-    assert "-m vllm.entrypoints.openai.api_server" in argv and "--port 8123" in argv
-    assert "--scheduler-cls augserve.vllm.AugServeAsyncScheduler" in argv
-    cfg = json.loads(argv.split("--additional-config ", 1)[1])["augserve"]
+    argv = shlex.split(out.stdout.strip().splitlines()[-1])  # pasteable into a shell
+
+    def flag(name: str) -> str:
+        return argv[argv.index(name) + 1]
+
+    assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and flag("--port") == "8123"
+    assert flag("--scheduler-cls") == "augserve.vllm.AugServeAsyncScheduler"
+    cfg = json.loads(flag("--additional-config"))["augserve"]
     assert cfg["slo"] == "ttft:500" and cfg["predictor"] == "data/predictors/lgbm"
     pol = make_policy(cfg, 2048)
     assert isinstance(pol, AugServePolicy) and pol.ttft_s == 0.5
@@ -203,12 +208,23 @@ def test_serve_py_server_openai_with_the_learned_policy(tmp_path: Path) -> None:
     from rl.rl_policy import RLPolicy
 
     out = subprocess.run([sys.executable, "serve.py", "server=openai", "policy=rl_ckpt",
-                          "server.print_only=true", "~predictor",
-                          f"hydra.run.dir={tmp_path}"],
+                          "server.print_only=true", "~predictor", "slo.spec=ttft:500",
+                          "server.async_scheduling=false", f"hydra.run.dir={tmp_path}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    cfg = json.loads(out.stdout.strip().splitlines()[-1].split("--additional-config ", 1)[1])
+    argv = shlex.split(out.stdout.strip().splitlines()[-1])
+    assert argv[-1] == "--no-async-scheduling"
+    cfg = json.loads(argv[argv.index("--additional-config") + 1])
     assert cfg["augserve"]["policy"] == "rl_ckpt"
     assert cfg["augserve"]["predictor"] == "data/predictors/lgbm"
     pol = make_policy(cfg["augserve"], 2048)
-    assert isinstance(pol, RLPolicy) and pol.checkpoint == "data/rl/ppo" and pol.ttft_s == 1.0
+    assert isinstance(pol, RLPolicy) and pol.checkpoint == "data/rl/ppo"
+    assert pol.ttft_s == 0.5  # the SLO reaches a policy that takes it through **kwargs
+
+
+def test_serve_py_server_openai_without_vllm_is_one_clear_line(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_VLLM, "server=openai", "policy=vllm",
+                          f"hydra.run.dir={tmp_path}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    assert "vLLM is not installed" in out.stderr and "Traceback" not in out.stderr

