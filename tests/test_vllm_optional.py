@@ -228,3 +228,15 @@ def test_serve_py_server_openai_without_vllm_is_one_clear_line(tmp_path: Path) -
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert "vLLM is not installed" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_make_policy_takes_factories_and_refuses_what_is_not_a_policy() -> None:
+    from rl.rl_policy import RLPolicy
+
+    rl = make_policy({"policy": "rl.rl_policy.make_rl_policy", "slo": "ttft:250",
+                      "policy_kwargs": {"checkpoint": "data/rl/ppo"}}, 2048)
+    assert isinstance(rl, RLPolicy) and rl.ttft_s == 0.25
+    with pytest.raises(TypeError, match="not an augserve Policy"):
+        make_policy({"policy": "builtins.dict"}, 512)
+    with pytest.raises(TypeError, match="built a str"):
+        make_policy({"policy": "os.getcwd"}, 512)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,7 @@ POLICIES: dict[str, tuple[str, bool]] = {
     "lamps": ("augserve.sched.lamps.LAMPSPolicy", True),
     "ltr": ("augserve.sched.ltr.LTRPolicy", True),
     "predicted_sjf": ("augserve.sched.predicted_sjf.PredictedSJFPolicy", True),
-    "rl_ckpt": ("rl.rl_policy.RLPolicy", True),  # policy_kwargs: {"checkpoint": <dir>}
+    "rl_ckpt": ("rl.rl_policy.make_rl_policy", True),  # policy_kwargs: {"checkpoint": <dir>}
 }
 
 
@@ -107,14 +107,15 @@ def load_predictor(spec: str | None) -> Predictor:
     return HintPredictor(base=load_artifact(str(spec)))
 
 
-def _resolve(name: str) -> tuple[type[Policy], bool]:
+def _resolve(name: str) -> tuple[Callable[..., Policy], bool]:
+    """A policy class, or a factory returning a policy (a Hydra ``_target_`` may be either)."""
     qual, needs = POLICIES.get(name, (name, False))
     if "." not in qual:
         raise ValueError(f"unknown augserve policy {name!r}; known: {', '.join(POLICIES)} "
                          "or a module.Class qualname")
     mod, _, cls = qual.rpartition(".")
     obj = getattr(importlib.import_module(mod), cls)
-    if not (isinstance(obj, type) and issubclass(obj, Policy)):
+    if (isinstance(obj, type) and not issubclass(obj, Policy)) or not callable(obj):
         raise TypeError(f"{qual} is not an augserve Policy")
     if name not in POLICIES:
         needs = "predictor" in inspect.signature(obj).parameters
@@ -143,7 +144,10 @@ def make_policy(cfg: Mapping[str, Any], max_num_batched_tokens: int) -> Policy:
         kwargs.setdefault("slo", cfg["slo"])
     if needs_predictor and "predictor" in params:
         kwargs.setdefault("predictor", load_predictor(cfg.get("predictor")))
-    return cls(**kwargs)
+    policy = cls(**kwargs)
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy {name!r} built a {type(policy).__name__}, not an augserve Policy")
+    return policy
 
 
 def profile_timing(profile: str | None) -> tuple[float | None, float | None]:

@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from augserve.vllm import VLLMNotInstalled, require_vllm
+from augserve.vllm.deploy import POLICIES
 
 
 def server_command(
@@ -91,13 +92,12 @@ def command_from_config(server: Mapping[str, Any], policies: Mapping[str, Any],
         raise ValueError(f"policy {name!r} has no _target_")
     pcfg.pop("predictor", None)
     pcfg.pop("slo", None)
-    path = (predictor or {}).get("path")
-    if target == "rl.rl_policy.make_rl_policy":  # conf/policy/rl_ckpt.yaml's factory
-        target = "rl_ckpt"
-        path = path or pcfg.pop("default_predictor", None)
-        pcfg.pop("default_predictor", None)
+    # a policy's own fallback artifact (rl_ckpt) stands in when no predictor= is selected
+    path = (predictor or {}).get("path") or pcfg.pop("default_predictor", None)
+    pcfg.pop("default_predictor", None)
+    short = {qual: n for n, (qual, _) in POLICIES.items()}.get(str(target), str(target))
     return server_command(
-        model=str(server["model"]), policy=str(target), predictor=str(path) if path else None,
+        model=str(server["model"]), policy=short, predictor=str(path) if path else None,
         slo=slo, profile=server.get("profile"), policy_kwargs=pcfg or None,
         host=str(server["host"]),
         port=int(server["port"]), max_model_len=server.get("max_model_len"),
@@ -109,8 +109,7 @@ def command_from_config(server: Mapping[str, Any], policies: Mapping[str, Any],
 
 
 def exec_server(cmd: list[str]) -> None:
-    """Replace this process with the server (vLLM must be installed)."""
-    require_vllm()
+    """Replace this process with the server (callers check ``require_vllm()`` first)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.execv(cmd[0], cmd)
 
