@@ -28,6 +28,8 @@ def main(cfg: DictConfig) -> float:
     if cfg.get("server"):
         return serve_openai(cfg)
     out_dir = HydraConfig.get().runtime.output_dir
+    if cfg.get("note"):
+        print(cfg.note, flush=True)
     policies_cfg = cfg.get("policies") or {}
     if not policies_cfg:
         raise ValueError("no policy selected: use policy=<name> (see conf/policy/)")

@@ -190,6 +190,7 @@ def test_serve_py_server_openai_builds_the_server_command(tmp_path: Path) -> Non
 
     assert argv[1:3] == ["-m", "vllm.entrypoints.openai.api_server"] and flag("--port") == "8123"
     assert flag("--scheduler-cls") == "augserve.vllm.AugServeAsyncScheduler"
+    assert flag("--logits-processors") == "augserve.vllm.validation:HintValidator"
     cfg = json.loads(flag("--additional-config"))["augserve"]
     assert cfg["slo"] == "ttft:500" and cfg["predictor"] == "data/predictors/lgbm"
     pol = make_policy(cfg, 2048)
@@ -240,3 +241,19 @@ def test_make_policy_takes_factories_and_refuses_what_is_not_a_policy() -> None:
         make_policy({"policy": "builtins.dict"}, 512)
     with pytest.raises(TypeError, match="built a str"):
         make_policy({"policy": "os.getcwd"}, 512)
+
+
+def test_live_engine_default_is_live_sized() -> None:
+    """engine=vllm on the default workload composes a ~1 min run and says so; overrides win."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        live = compose("serve", ["engine=vllm", "policy=augserve"])
+        longer = compose("serve", ["engine=vllm", "policy=augserve", "workload.duration_s=120"])
+        sim = compose("serve")
+        other = compose("serve", ["engine=vllm", "workload=infercept_json"])
+    assert (live.workload.rate, live.workload.duration_s) == (1.0, 20)
+    assert "live-sized default" in live.note and "workload.duration_s=" in live.note
+    assert (longer.workload.rate, longer.workload.duration_s) == (1.0, 120)
+    assert (sim.workload.rate, sim.workload.duration_s, sim.note) == (9.0, 600, None)
+    assert other.workload.duration_s == 1800 and other.note is None

@@ -270,6 +270,47 @@ def test_request_hints_reach_the_view(llm) -> None:
     drain(llm)
 
 
+def test_unusable_hints_are_dropped_and_counted_not_raised(llm) -> None:
+    """Without the API server's validator (the Python API here) a malformed hint must not
+    raise inside the scheduler: the request runs hint-less and is counted."""
+    s = sched_of(llm)
+    pol = Recorder()
+    s.attach(pol)
+    before = s.hints_ignored
+    add(llm, "bad", 20, tool_durations="abc", aug_type="qa", rank=1)
+    add(llm, "neg", 20, tool_durations=[-5.0], return_lengths=[3])
+    add(llm, "ok", 20, aug_type="math", tool_durations=[0.5], return_lengths=[2])
+    drain(llm)
+    assert s.hints_ignored - before == 2
+    seen = {v["rid"].rsplit("-", 1)[0]: v for v in pol.views}
+    assert seen["bad"]["aug_type"] == "other" and seen["bad"]["meta"] == {}
+    assert seen["bad"]["calls_done"] == 0 and seen["neg"]["tool_s"] == ()
+    assert seen["ok"]["aug_type"] == "math" and seen["ok"]["tool_s"] == (0.5,)
+
+
+def test_hint_validator_loads_in_both_model_runners_and_rejects_bad_hints() -> None:
+    from vllm import SamplingParams
+    from vllm.exceptions import VLLMValidationError
+    from vllm.v1.sample.logits_processor import _load_custom_logitsprocs
+    from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs
+
+    from augserve.vllm.hints import HINT_VALIDATOR
+    from augserve.vllm.validation import HintValidator
+
+    assert HintValidator in _load_custom_logitsprocs([HINT_VALIDATOR])
+    assert HintValidator in _load_v2_logitsprocs([HINT_VALIDATOR])
+    v = HintValidator(None, None, False)
+    assert v.is_argmax_invariant() and not v.add_request(0, None)
+    x = object()
+    assert v.apply(x) is x and v.apply(x, None) is x
+    HintValidator.validate_params(SamplingParams(extra_args={"tool_durations": [1.0],
+                                                             "return_lengths": [2]}))
+    HintValidator.validate_params(SamplingParams())
+    with pytest.raises(VLLMValidationError) as e:
+        HintValidator.validate_params(SamplingParams(extra_args={"tool_durations": "abc"}))
+    assert e.value.parameter == "vllm_xargs.tool_durations"
+
+
 def test_preempted_request_is_reported_to_the_policy(llm) -> None:
     s = sched_of(llm)
     pol = Recorder()

@@ -46,6 +46,7 @@ from augserve.metrics import parse_slo
 from augserve.predictor import Prediction, Predictor
 from augserve.request import EngineState, KVMode, RequestView
 from augserve.sched.budget import DynamicBudget
+from augserve.sched.kind_means import KindMeans
 from augserve.sched.minwaste import min_waste
 from augserve.sched.queue_policy import ValueQueuePolicy, check_predictor
 
@@ -101,8 +102,7 @@ class AugServePolicy(ValueQueuePolicy):
     def _reset_queue(self) -> None:
         super()._reset_queue()
         self._arrival_value: dict[str, float] = {}
-        self._ret_sum: dict[str, float] = {}
-        self._ret_n: dict[str, int] = {}
+        self._returns = KindMeans(self.default_return_tokens)
         self._deadlines: list[tuple[float, int, RequestView]] = []
         self._deadline_seq = 0
         self._keys: dict[str, float] = {}
@@ -130,8 +130,7 @@ class AugServePolicy(ValueQueuePolicy):
 
     # ------------------------------------------------------------------ values
     def mean_return(self, kind: str | None) -> float:
-        n = self._ret_n.get(kind or "", 0)
-        return self._ret_sum[kind] / n if n else self.default_return_tokens
+        return self._returns.mean(kind)
 
     def values(self, views: Sequence[RequestView], state: EngineState) -> np.ndarray:
         """Remaining service (iterations): Stage I for new requests (or always, without
@@ -172,9 +171,7 @@ class AugServePolicy(ValueQueuePolicy):
 
     def on_tool_return(self, view: RequestView, duration_s: float) -> None:
         if view.observed_return_tokens:
-            kind = view.current_tool or view.aug_type
-            self._ret_sum[kind] = self._ret_sum.get(kind, 0.0) + view.observed_return_tokens[-1]
-            self._ret_n[kind] = self._ret_n.get(kind, 0) + 1
+            self._returns.add(view.current_tool or view.aug_type, view.observed_return_tokens[-1])
 
     def on_intercept(self, view: RequestView, state: EngineState) -> KVMode:
         tool_s = float(self.predictor.predict_remaining([view]).tool_s[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from augserve.request import EngineInfo, EngineState, KVMode, RequestView
 from augserve.sched.base import Policy
+from augserve.sched.kind_means import KindMeans
 from augserve.sched.minwaste import min_waste
 
 
@@ -32,13 +33,11 @@ class InferCeptPolicy(Policy):
         self.modes = tuple(KVMode(m) for m in modes)
         if not self.modes or KVMode.VLLM in self.modes:
             raise ValueError(f"modes must be a non-empty subset of preserve/discard/swap: {modes}")
-        self._sum: dict[str, float] = {}
-        self._n: dict[str, int] = {}
+        self._tool_s = KindMeans(self.default_tool_s)
 
     def reset(self, info: EngineInfo) -> None:
         super().reset(info)
-        self._sum.clear()
-        self._n.clear()
+        self._tool_s.clear()
 
     def priority(self, view: RequestView, state: EngineState) -> tuple:
         return (0 if view.preempted else 1, view.arrival_s)
@@ -47,13 +46,10 @@ class InferCeptPolicy(Policy):
         return self.budget
 
     def tool_estimate(self, kind: str | None) -> float:
-        n = self._n.get(kind or "", 0)
-        return self._sum[kind] / n if n else self.default_tool_s
+        return self._tool_s.mean(kind)
 
     def on_tool_return(self, view: RequestView, duration_s: float) -> None:
-        kind = view.current_tool or view.aug_type
-        self._sum[kind] = self._sum.get(kind, 0.0) + duration_s
-        self._n[kind] = self._n.get(kind, 0) + 1
+        self._tool_s.add(view.current_tool or view.aug_type, duration_s)
 
     def on_intercept(self, view: RequestView, state: EngineState) -> KVMode:
         if len(self.modes) == 1:

@@ -310,8 +310,13 @@ class VLLMRun:
         return self.sched.engine_state()
 
     def _runtime(self, vreq: Any) -> VRuntime | None:
-        extra = vreq.sampling_params.extra_args or {}
-        return self.reqs[int(extra[_KEY])] if _KEY in extra else None
+        """This run's scripted request behind ``vreq``; None for any other request (the
+        scheduler then reads its hints, as a server would)."""
+        sp = getattr(vreq, "sampling_params", None)
+        seq = (getattr(sp, "extra_args", None) or {}).get(_KEY)
+        if isinstance(seq, int) and 0 <= seq < len(self.reqs) and self.reqs[seq].vreq is None:
+            return self.reqs[seq]
+        return None
 
     # ------------------------------------------------------------------ submissions
     def _submit(self, r: _Live) -> None:

@@ -5,26 +5,9 @@ live vLLM ``Request`` (duck-typed; this module does not import vLLM).
   live engine (:mod:`augserve.vllm.engine`) subclasses it to carry the request script across
   tool calls (one vLLM request per segment).
 * :class:`ServedRuntime` — a request that reached a vLLM server: the view is built from the
-  request and the hints in ``SamplingParams.extra_args`` (``vllm_xargs`` over HTTP):
-
-  ==========================  ==================================================================
-  key                         meaning
-  ==========================  ==================================================================
-  ``aug_type``                augmentation type (``math``, ``qa``, ``ve``, ...; default other)
-  ``prompt_text``             prompt text for text features (token-id prompts have none)
-  ``source``, ``tools``,      predictor metadata (see ``predictors/features.py``)
-  ``tools_schema_tokens``
-  ``arrival_s``               first turn's arrival (Unix time) of a multi-turn agent request
-  ``generated_tokens``        tokens the model generated in earlier turns
-  ``tool``                    kind of the tool whose result this turn carries
-  ``tool_durations``          durations (s) of the calls made so far
-  ``return_lengths``          tokens each of those calls returned
-  ``predicted_output_tokens`` hints for :class:`~augserve.vllm.deploy.HintPredictor`
-  ``predicted_num_calls``
-  ``predicted_tool_s``
-  ==========================  ==================================================================
-
-Every other key is kept in ``view.metadata``.
+  request and the hints in ``SamplingParams.extra_args`` (``vllm_xargs`` over HTTP), checked
+  against :data:`augserve.vllm.hints.SCHEMA` (unusable hints: a hint-less view, and
+  ``hint_error`` says why).
 """
 
 from __future__ import annotations
@@ -35,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from augserve.request import RequestView, State
+from augserve.vllm.hints import parse_hints
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,31 +112,29 @@ class VRuntime:
 
 
 class ServedRuntime(VRuntime):
-    """A request served by a vLLM server; hints from ``SamplingParams.extra_args``."""
+    """A request served by a vLLM server; hints from ``SamplingParams.extra_args``.
 
-    __slots__ = ()
+    Never raises on what the client sent: unusable hints leave a hint-less view and their
+    reason in ``hint_error`` (the scheduler counts and logs it).
+    """
+
+    __slots__ = ("hint_error",)
 
     def __init__(self, vreq: Any, block_size: int, t0: float) -> None:
         sp = getattr(vreq, "sampling_params", None)
-        extra: Mapping[str, Any] = dict((sp.extra_args or {}) if sp is not None else {})
-        submit = float(vreq.arrival_time) - t0
-        first = extra.get("arrival_s")
-        arrival = float(first) - t0 if isinstance(first, (int, float)) else submit
+        submit_unix = float(vreq.arrival_time)
+        hints, self.hint_error = parse_hints(
+            getattr(sp, "extra_args", None) if sp is not None else None, now_s=submit_unix)
+        submit = submit_unix - t0
+        arrival = submit if hints.arrival_s is None else min(hints.arrival_s - t0, submit)
         info = RequestInfo(
-            rid=vreq.request_id, arrival_s=min(arrival, submit),
-            prompt_tokens=int(vreq.num_prompt_tokens),
-            aug_type=str(extra.get("aug_type") or "other"),
-            prompt_text=extra.get("prompt_text") if isinstance(extra.get("prompt_text"), str)
-            else None,
-            metadata=MappingProxyType(extra),
+            rid=vreq.request_id, arrival_s=arrival, prompt_tokens=int(vreq.num_prompt_tokens),
+            aug_type=hints.aug_type, prompt_text=hints.prompt_text, metadata=hints.metadata,
         )
         super().__init__(info, block_size, submit)
         self.vreq = vreq
-        durs = extra.get("tool_durations") or ()
-        rets = extra.get("return_lengths") or ()
-        self.tool_durations = [float(x) for x in durs]
-        self.return_lengths = [int(x) for x in rets]
+        self.tool_durations = list(hints.tool_durations)
+        self.return_lengths = list(hints.return_lengths)
         self.seg_idx = len(self.return_lengths)
-        tool = extra.get("tool")
-        self.current_tool = str(tool) if tool else None
-        self.gen_before = int(extra.get("generated_tokens", 0) or 0)
+        self.current_tool = hints.tool
+        self.gen_before = hints.generated_tokens

@@ -45,6 +45,7 @@ from vllm.v1.request import Request, RequestStatus
 from augserve.request import EngineInfo, EngineState, RequestView
 from augserve.sched.base import Policy
 from augserve.vllm import init_cpu_features
+from augserve.vllm.hints import HINT_VALIDATOR
 from augserve.vllm.runtime import ServedRuntime, VRuntime
 
 log = logging.getLogger(__name__)
@@ -332,6 +333,9 @@ class AugServeSchedulerMixin:
         self._t_update = 0.0
         self.step_log: list[StepStat] | None = None  # set to a list to record steps
         self.last_output: SchedulerOutput | None = None  # the last schedule()'s output
+        #: requests scheduled without their hints because these were unusable (the warning
+        #: metric of the engine side; the API server's validator rejects them first)
+        self.hints_ignored = 0
         s.waiting = PolicyQueue(self)
         cfg = dict((s.vllm_config.additional_config or {}).get("augserve") or {})
         trace = cfg.pop("trace", None)
@@ -406,12 +410,25 @@ class AugServeSchedulerMixin:
             if self._factory is not None:
                 rt = self._factory(request)
             if rt is None:
-                rt = ServedRuntime(request, self.aug_info.block_size, self._t0)
-                if rt.tool_durations:  # a turn after a tool call: the policy learns its duration
-                    self.aug_policy.on_tool_return(rt.view, rt.tool_durations[-1])
+                served = ServedRuntime(request, self.aug_info.block_size, self._t0)
+                if served.hint_error is not None:
+                    self._hints_ignored(rid, served.hint_error)
+                if served.tool_durations:  # a turn after a tool call: the policy learns of it
+                    self.aug_policy.on_tool_return(served.view, served.tool_durations[-1])
+                rt = served
             rt.vreq = request
             self._rt[rid] = rt
         return rt
+
+    def _hints_ignored(self, rid: str, reason: str) -> None:
+        """Count (and log, sparsely) a request scheduled without its unusable hints."""
+        self.hints_ignored += 1
+        n = self.hints_ignored
+        if n <= 10 or n % 100 == 0:
+            log.warning("augserve: request %s scheduled without its hints (%s); %d so far",
+                        rid, reason, n)
+        self.trace_event({"event": "hints_ignored", "t": round(self.now(), 6),
+                          "request_id": rid, "reason": reason, "count": n})
 
     def _make_info(self, floor_s: float | None, per_token_s: float | None) -> EngineInfo:
         s: Any = self
@@ -518,8 +535,11 @@ class AugServeSchedulerMixin:
                 self.aug_policy.on_admit(rt.view)
             rt.on_admit(req.num_computed_tokens - nst[rid])
             if self.trace is not None:
-                self.trace_event({"event": "admit", "t": round(self.now(), 6), "step": self._steps,
-                                  "rid": rt.view.rid, "request_id": rid, "budget": budget})
+                self.trace_event({
+                    "event": "admit", "t": round(self.now(), 6), "step": self._steps,
+                    "rid": rt.view.rid, "request_id": rid, "budget": budget,
+                    "free_blocks": s.kv_cache_manager.block_pool.get_num_free_blocks(),
+                    "running": len(s.running), "tracked": len(self._rt)})
         if self.step_log is not None and out.total_num_scheduled_tokens > 0:
             self.step_log.append(self._step_stat(out))
         return out
@@ -570,3 +590,12 @@ class AugServeScheduler(AugServeSchedulerMixin, Scheduler):
 
 class AugServeAsyncScheduler(AugServeSchedulerMixin, AsyncScheduler):
     """vLLM's ``AsyncScheduler`` under an augserve policy (serving, async scheduling on)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        procs = self.vllm_config.model_config.logits_processors or ()
+        if not any(getattr(p, "__name__", str(p)).endswith("HintValidator") for p in procs):
+            log.warning("augserve: request hints are not checked at the API server; add "
+                        "--logits-processors %s (python -m augserve.vllm.server does) so that "
+                        "bad hints get a 400; without it they are dropped here and counted",
+                        HINT_VALIDATOR)

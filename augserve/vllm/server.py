@@ -8,14 +8,15 @@ builds and runs (replacing this process)::
     python -m vllm.entrypoints.openai.api_server --model <dir> --load-format dummy \\
         --skip-tokenizer-init --enforce-eager --block-size 32 --host 127.0.0.1 --port 8000 \\
         --scheduler-cls augserve.vllm.AugServeAsyncScheduler \\
+        --logits-processors augserve.vllm.validation:HintValidator \\
         --additional-config '{"augserve": {"policy": "augserve", "predictor": "..."}}'
 
 (the ``vllm`` console script of the CPU wheel does not start; the module does).
 ``python serve.py server=openai policy=augserve`` does the same from the Hydra config
-(``conf/server/openai.yaml``). Requests are
-ordinary ``/v1/completions`` calls; per-request hints go in ``vllm_xargs`` (see
-:mod:`augserve.vllm.runtime`). ``OMP_NUM_THREADS`` defaults to 1: OpenMP threads that spin on a
-busy machine slow CPU steps down by orders of magnitude.
+(``conf/server/openai.yaml``). Requests are ordinary ``/v1/completions`` calls; per-request
+hints go in ``vllm_xargs`` (schema: :mod:`augserve.vllm.hints`; a malformed hint is an HTTP
+400). ``OMP_NUM_THREADS`` defaults to 1: OpenMP threads that spin on a busy machine slow CPU
+steps down by orders of magnitude.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Any
 
 from augserve.vllm import VLLMNotInstalled, require_vllm
 from augserve.vllm.deploy import POLICIES
+from augserve.vllm.hints import HINT_VALIDATOR
 
 
 def server_command(
@@ -65,7 +67,7 @@ def server_command(
         "--enforce-eager", "--block-size", str(block_size), "--host", host, "--port", str(port),
         "--max-num-seqs", str(max_num_seqs), "--max-num-batched-tokens",
         str(max_num_batched_tokens), "--kv-cache-memory-bytes", str(int(kv_cache_gib * 2**30)),
-        "--scheduler-cls", f"augserve.vllm.{cls}",
+        "--scheduler-cls", f"augserve.vllm.{cls}", "--logits-processors", HINT_VALIDATOR,
         "--additional-config", json.dumps({"augserve": aug}),
     ]
     if not async_scheduler:
