@@ -12,7 +12,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 #: The six InferCept/LAMPS augmentation types, plus a catch-all for other workloads.
 AUG_TYPES: tuple[str, ...] = ("math", "qa", "ve", "chatbot", "image", "tts")
@@ -170,9 +170,12 @@ class EngineInfo:
     swap_bytes_per_s: float  # GPU<->CPU bandwidth for KV swap (bytes/s), each direction
 
 
-@dataclass(frozen=True, slots=True)
-class EngineState:
-    """Read-only engine snapshot handed to policies. Times in s, memory in KV blocks."""
+class EngineState(NamedTuple):
+    """Read-only engine snapshot handed to policies. Times in s, memory in KV blocks.
+
+    A named tuple: engines build one at every policy call, and a tuple is built 2-3x faster
+    than a frozen dataclass.
+    """
 
     now_s: float
     free_blocks: int

@@ -6,6 +6,11 @@ artifact): numeric prompt/tool features, source and aug_type one-hots over a sto
 hashed word (and optionally char) n-grams of the prompt text, and runtime features for
 re-prediction (all zero / NaN at arrival). Output: a dense ``float32`` matrix, one row per input.
 Deterministic: the hashing is stateless, nothing is fitted.
+
+A row is its *arrival columns* (:func:`arrival_key` names what they depend on) and its
+*runtime columns* (:data:`RUNTIME`, :func:`set_runtime_columns`): a server builds the arrival
+columns once per request and fills in the runtime columns at every re-prediction
+(:class:`predictors.artifact.LGBMPredictor`), with the values :func:`build_matrix` gives.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from sklearn.feature_extraction.text import HashingVectorizer
 
 from predictors.schema import ToolUseRow
+from predictors.text_hash import TextHasher
 
 SPEC_VERSION = 1
 
@@ -90,20 +95,26 @@ class FeatureInput:
         ``calls_done`` counts *returned* calls (a call in progress is not counted), matching
         :meth:`from_row`.
         """
-        meta: Mapping[str, Any] = view.metadata or {}
-        rets = view.observed_return_tokens
-        return cls(
-            prompt_text=view.prompt_text or "",
-            prompt_tokens=int(view.prompt_tokens),
-            source=str(meta.get("source", "other")),
-            aug_type=view.aug_type or "other",
-            tools=tuple(meta.get("tools", ()) or ()),
-            tools_schema_tokens=int(meta.get("tools_schema_tokens", 0) or 0),
-            generated_tokens=int(view.generated_tokens),
-            calls_done=len(rets),
-            last_return_tokens=int(rets[-1]) if rets else 0,
-            elapsed_tool_s=float(sum(view.observed_tool_s)),
-        )
+        return cls(*arrival_key(view), *runtime_inputs(view))
+
+
+ArrivalKey = tuple[str, int, str, str, tuple[str, ...], int]
+
+
+def arrival_key(view: Any) -> ArrivalKey:
+    """What a request's arrival columns depend on, from a ``RequestView``: the first six
+    fields of its :class:`FeatureInput` (``FeatureInput(*key)`` is the request at arrival)."""
+    meta: Mapping[str, Any] = view.metadata or {}
+    return (view.prompt_text or "", int(view.prompt_tokens), str(meta.get("source", "other")),
+            view.aug_type or "other", tuple(meta.get("tools", ()) or ()),
+            int(meta.get("tools_schema_tokens", 0) or 0))
+
+
+def runtime_inputs(view: Any) -> tuple[int, int, int, float]:
+    """(generated tokens, returned calls, last return tokens, elapsed tool s) of a view."""
+    rets = view.observed_return_tokens
+    return (int(view.generated_tokens), len(rets), int(rets[-1]) if rets else 0,
+            float(sum(view.observed_tool_s)))
 
 
 def tool_seconds(row: ToolUseRow) -> list[float] | None:
@@ -165,21 +176,16 @@ class FeatureSpec:
         return cls(**d)
 
 
-_VEC_CACHE: dict[tuple[str, int, int], HashingVectorizer] = {}
+_HASHERS: dict[tuple[str, int, int], TextHasher] = {}
 
 
-def _vectorizer(kind: str, n: int, ngrams: int = 1) -> HashingVectorizer:
+def _hasher(kind: str, n: int, ngrams: int = 1) -> TextHasher:
     key = (kind, n, ngrams)
-    vec = _VEC_CACHE.get(key)
-    if vec is None:
-        if kind == "word":
-            vec = HashingVectorizer(n_features=n, ngram_range=(1, ngrams), alternate_sign=False,
-                                    norm="l2", dtype=np.float32)
-        else:
-            vec = HashingVectorizer(n_features=n, analyzer="char_wb", ngram_range=(3, 4),
-                                    alternate_sign=False, norm="l2", dtype=np.float32)
-        _VEC_CACHE[key] = vec
-    return vec
+    h = _HASHERS.get(key)
+    if h is None:
+        h = _HASHERS[key] = (TextHasher(n, "word", (1, ngrams)) if kind == "word"
+                             else TextHasher(n, "char_wb", (3, 4)))
+    return h
 
 
 def _clip_text(text: str, n: int) -> str:
@@ -187,6 +193,46 @@ def _clip_text(text: str, n: int) -> str:
         return text
     h = n // 2
     return text[:h] + " " + text[-(n - h):]
+
+
+def _columns(spec: FeatureSpec) -> tuple[int, int, int]:
+    """First column of the source one-hot, the runtime block and the text block."""
+    c_src = len(NUMERIC)
+    c_rt = c_src + len(spec.sources) + 1 + len(spec.aug_types) + 1
+    return c_src, c_rt, c_rt + len(RUNTIME)
+
+
+def runtime_column(spec: FeatureSpec) -> int:
+    """Index of the first runtime column (:data:`RUNTIME`, in order)."""
+    return _columns(spec)[1]
+
+
+def _numeric(num: np.ndarray) -> np.ndarray:
+    """log1p of the numeric inputs ``[n, 9]`` (NUMERIC's four, then :func:`runtime_inputs`'
+    four and the mean tool time); unknown (NaN) tool times stay NaN (``maximum`` propagates
+    NaN; trees route them, linear models -> 0)."""
+    return np.log1p(np.maximum(num, 0.0))
+
+
+def _runtime_into(X: np.ndarray, c_rt: int, num: np.ndarray, logs: np.ndarray) -> None:
+    block = logs[:, 4:9]  # log1p of generated, (calls), last return, elapsed, mean tool time
+    block[:, 1] = num[:, 5]  # the call count as it is
+    X[:, c_rt:c_rt + 5] = block
+
+
+def _runtime_row(generated: int, calls: int, last_return: int, elapsed: float
+                 ) -> tuple[float, ...]:
+    return (generated, calls, last_return, elapsed, elapsed / calls if calls > 0 else 0.0)
+
+
+def set_runtime_columns(spec: FeatureSpec, X: np.ndarray,
+                        runtime: Sequence[tuple[int, int, int, float]]) -> None:
+    """Write the runtime columns of ``X`` (rows of :func:`build_matrix`) from
+    :func:`runtime_inputs` tuples, with the values :func:`build_matrix` computes."""
+    num = np.zeros((len(runtime), 9), dtype=np.float64)
+    for i, r in enumerate(runtime):
+        num[i, 4:] = _runtime_row(*r)
+    _runtime_into(X, runtime_column(spec), num, _numeric(num))
 
 
 def build_matrix(spec: FeatureSpec, inputs: Sequence[FeatureInput]) -> np.ndarray:
@@ -198,10 +244,8 @@ def build_matrix(spec: FeatureSpec, inputs: Sequence[FeatureInput]) -> np.ndarra
     src_pos = {s: i for i, s in enumerate(spec.sources)}
     aug_pos = {a: i for i, a in enumerate(spec.aug_types)}
     n_src, n_aug = len(spec.sources) + 1, len(spec.aug_types) + 1
-    c_src = len(NUMERIC)
+    c_src, c_rt, c_txt = _columns(spec)
     c_aug = c_src + n_src
-    c_rt = c_aug + n_aug
-    c_txt = c_rt + len(RUNTIME)
     num = np.empty((n, len(NUMERIC) + len(RUNTIME)), dtype=np.float64)
     rows = np.arange(n)
     si = np.empty(n, dtype=np.int64)
@@ -209,32 +253,24 @@ def build_matrix(spec: FeatureSpec, inputs: Sequence[FeatureInput]) -> np.ndarra
     for i, f in enumerate(inputs):
         si[i] = src_pos.get(f.source, n_src - 1)
         ai[i] = aug_pos.get(f.aug_type, n_aug - 1)
-        mean_tool = f.elapsed_tool_s / f.calls_done if f.calls_done > 0 else 0.0
-        num[i] = (
-            f.prompt_tokens, len(f.prompt_text), len(f.tools), f.tools_schema_tokens,
-            f.generated_tokens, f.calls_done, f.last_return_tokens, f.elapsed_tool_s, mean_tool,
-        )
-    logs = np.log1p(np.maximum(num, 0.0))
-    logs[np.isnan(num)] = np.nan  # unknown tool times stay NaN (trees route them; linear -> 0)
+        num[i] = (f.prompt_tokens, len(f.prompt_text), len(f.tools), f.tools_schema_tokens,
+                  *_runtime_row(f.generated_tokens, f.calls_done, f.last_return_tokens,
+                                f.elapsed_tool_s))
+    logs = _numeric(num)
     X[:, 0] = logs[:, 0]
     X[:, 1] = logs[:, 1]
     X[:, 2] = num[:, 2]
     X[:, 3] = logs[:, 3]
     X[rows, c_src + si] = 1.0
     X[rows, c_aug + ai] = 1.0
-    X[:, c_rt] = logs[:, 4]
-    X[:, c_rt + 1] = num[:, 5]
-    X[:, c_rt + 2] = logs[:, 6]
-    X[:, c_rt + 3] = logs[:, 7]
-    X[:, c_rt + 4] = logs[:, 8]
+    _runtime_into(X, c_rt, num, logs)
     texts = [_clip_text(f.prompt_text, spec.text_chars) for f in inputs]
     if spec.hash_word:
         X[:, c_txt:c_txt + spec.hash_word] = (
-            _vectorizer("word", spec.hash_word, spec.word_ngrams).transform(texts).toarray()
-        )
+            _hasher("word", spec.hash_word, spec.word_ngrams).transform(texts))
     if spec.hash_char:
         c = c_txt + spec.hash_word
-        X[:, c:c + spec.hash_char] = _vectorizer("char", spec.hash_char).transform(texts).toarray()
+        X[:, c:c + spec.hash_char] = _hasher("char", spec.hash_char).transform(texts)
     return X
 
 

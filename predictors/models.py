@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from predictors.features import FeatureInput, FeatureSpec, build_matrix, tool_seconds
+from predictors.lgbm_fast import FastBooster
 from predictors.schema import ToolUseRow
 
 TARGETS: tuple[str, ...] = ("output", "calls", "tool_s", "rank", "remaining", "remaining_calls")
@@ -59,10 +60,11 @@ def _fwd(kind: str, y: np.ndarray) -> np.ndarray:
 
 
 def _inv(kind: str, z: np.ndarray) -> np.ndarray:
+    # minimum(maximum()) is clip (NaN propagates the same) without clip's per-call overhead
     if kind == "log1p":
-        return np.expm1(np.clip(z, 0.0, 20.0))
+        return np.expm1(np.minimum(np.maximum(z, 0.0), 20.0))
     if kind == "log":
-        return np.exp(np.clip(z, -20.0, 20.0))
+        return np.exp(np.minimum(np.maximum(z, -20.0), 20.0))
     return np.maximum(z, 0.0)
 
 
@@ -188,6 +190,7 @@ class LGBMModel(TargetModel):
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.booster: Any = None
+        self._fast: FastBooster | None = None
 
     def _lgb_params(self, objective: str) -> dict[str, Any]:
         p = {k: v for k, v in self.params.items()
@@ -212,10 +215,11 @@ class LGBMModel(TargetModel):
             ds = lgb.Dataset(d.X, _fwd(self.transform, d.y), free_raw_data=True)
             params = self._lgb_params(obj)
         self.booster = lgb.train(params, ds, num_boost_round=rounds)
+        self._fast = FastBooster(self.booster)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        z = self.booster.predict(X, num_threads=self.num_threads)
+        z = self._fast.predict(X, num_threads=self.num_threads)
         if self.target == "rank" or self.transform == "count":
             return np.asarray(z, dtype=np.float64)  # poisson: already the mean count
         return _inv(self.transform, z)
@@ -227,6 +231,7 @@ class LGBMModel(TargetModel):
         import lightgbm as lgb
 
         self.booster = lgb.Booster(model_file=str(path))
+        self._fast = FastBooster(self.booster)
         return self
 
     def importance(self) -> dict[str, float]:

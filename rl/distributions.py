@@ -21,6 +21,7 @@ entropy over the valid items). Masked slots are never sampled and have probabili
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 #: finite stand-in for -inf inside the log-sum-exps (keeps gradients NaN-free)
@@ -120,3 +121,24 @@ def ranking_to_scores(ranking: torch.Tensor | list, mask: torch.Tensor | list,
     scores = high - (high - low) * pos.float() / k
     scores = torch.where(mask, scores, torch.full_like(scores, low))
     return scores[0] if single else scores
+
+
+def greedy_scores(logits: np.ndarray, mask: np.ndarray, top_m: int | None = None,
+                  low: float = -10.0, high: float = 10.0) -> np.ndarray:
+    """``ranking_to_scores(PlackettLuce(logits, mask, top_m).mode(), mask)`` for one row
+    ``[K]`` in numpy (the same values; serving calls it at every decision, where a dozen small
+    torch ops cost more than the network): the ``top_m`` valid slots by descending logit
+    (ties: lower slot first), then the other valid slots, then the masked ones, in slot
+    order."""
+    valid = np.asarray(mask).astype(bool)
+    k = valid.shape[0]
+    m = k if top_m is None else min(int(top_m), k)
+    slots = np.flatnonzero(valid)
+    lg = np.asarray(logits, dtype=np.float32)[slots]
+    head = slots[np.argsort(-lg, kind="stable")[:m]]
+    rest = np.setdiff1d(slots, head, assume_unique=True)
+    ranking = np.concatenate([head, rest, np.flatnonzero(~valid)])
+    pos = np.empty(k, dtype=np.float32)
+    pos[ranking] = np.arange(k, dtype=np.float32)
+    scores = np.float32(high) - np.float32(high - low) * pos / np.float32(k)
+    return np.where(valid, scores, np.float32(low)).astype(np.float64)

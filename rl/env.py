@@ -58,7 +58,6 @@ from augserve.serving import prepare_requests
 from augserve.workload.base import Workload
 from rl.obs import OBS_HIGH, ObsSpec
 from rl.policy import LearnedStage2
-from rl.predcache import CachedPredictor
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PREDICTOR = "data/predictors/lgbm"
@@ -105,7 +104,7 @@ class SchedulingEnv(gym.Env):
             raise TypeError(f"{type(engine).__name__} cannot be stepped (no start())")
         self.engine = engine
         self.workload = workload
-        self.predictor = CachedPredictor(predictor)  # shared by the episodes' policies
+        self.predictor = predictor  # shared by the episodes' policies (each resets its cache)
         self.obs_spec = ObsSpec(k=int(k), budget_bins=tuple(int(b) for b in budget_bins))
         self.slo = parse_slo(slo)
         self.shaping = float(shaping)
@@ -195,7 +194,6 @@ class SchedulingEnv(gym.Env):
         self.policy = ActionPolicy(self.predictor, k=self.obs_spec.k,
                                    budget_bins=self.obs_spec.budget_bins, **self.policy_kwargs)
         self.run = self.engine.start(requests, self.policy)
-        self.policy.prefetch(requests)  # after start(): Policy.reset clears the cache
         ttft = self.slo.get("ttft")
         self._ttft_s = ttft / 1000.0 if ttft is not None else None
         self._deadlines: list[tuple[float, int]] = []

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -43,6 +44,14 @@ class NetConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _seq(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``seq(x)`` for a Sequential of Linear and Tanh layers, without per-module call
+    overhead (the same operations: a decision runs this on every scheduling step)."""
+    for layer in seq:
+        x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.tanh(x)
+    return x
 
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -85,10 +94,24 @@ class ScorerNet(nn.Module):
         """``items [B,K,F]``, ``mask [B,K]`` (nonzero = valid), ``engine [B,G]`` →
         (score logits ``[B,K]`` with ``-inf`` at masked slots, budget logits ``[B,n_bins]``,
         value ``[B]``). A row without any valid item gets all ``-inf`` scores."""
+        scores, budget, summary, valid, inputs = self._actor(items, mask, engine)
+        if self.critic_encoder is not None:
+            v_summary = self._pool(self.critic_encoder(inputs), valid, engine)
+        else:
+            v_summary = summary
+        return scores, budget, self.value_head(v_summary).squeeze(-1)
+
+    def act(self, items: torch.Tensor, mask: torch.Tensor, engine: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(score logits, budget logits) of :meth:`forward`, without the critic (serving)."""
+        return self._actor(items, mask, engine)[:2]
+
+    def _actor(self, items: torch.Tensor, mask: torch.Tensor, engine: torch.Tensor) -> tuple:
         valid = mask.bool()
         b, k, _ = items.shape
         eng = engine.unsqueeze(1).expand(b, k, engine.shape[-1])
-        x = self.encoder(torch.cat([items, eng], dim=-1))  # [B,K,H]
+        inputs = torch.cat([items, eng], dim=-1)
+        x = _seq(self.encoder, inputs)  # [B,K,H]
         if self.attn is not None:
             # a row with no valid item would make attention NaN: let it attend to slot 0
             pad = ~valid
@@ -96,14 +119,9 @@ class ScorerNet(nn.Module):
             a, _ = self.attn(x, x, x, key_padding_mask=pad, need_weights=False)
             x = self.norm(x + a)
         summary = self._pool(x, valid, engine)
-        scores = (self.score_head(x) + self.skip(items)).squeeze(-1)
+        scores = (_seq(self.score_head, x) + F.linear(items, self.skip.weight)).squeeze(-1)
         scores = scores.masked_fill(~valid, float("-inf"))
-        if self.critic_encoder is not None:
-            v_summary = self._pool(self.critic_encoder(torch.cat([items, eng], dim=-1)), valid,
-                                   engine)
-        else:
-            v_summary = summary
-        return scores, self.budget_head(summary), self.value_head(v_summary).squeeze(-1)
+        return scores, _seq(self.budget_head, summary), summary, valid, inputs
 
     @staticmethod
     def _pool(x: torch.Tensor, valid: torch.Tensor, engine: torch.Tensor) -> torch.Tensor:

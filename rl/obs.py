@@ -84,6 +84,23 @@ class Candidate:
     pred_tool_s: float
 
 
+def raw_row(view: RequestView, value: float, pred_out: float, pred_calls: float,
+            pred_tool_s: float, promoted: bool = False) -> tuple:
+    """What :func:`build_observation` reads of one candidate (``promoted`` at column 11).
+
+    Apart from ``promoted``, nothing in it changes while the request waits (a waiting request
+    makes no progress, and its predictions are fixed when it enters the queue), so a policy
+    may compute it once per stay in the queue.
+    """
+    v = view
+    return (value, pred_out, pred_calls, pred_tool_s, v.generated_tokens, v.wait_since_s,
+            v.prompt_tokens, v.context_tokens, v.computed_tokens, v.calls_done > 0,
+            v.preempted, promoted, v.arrival_s)
+
+
+PROMOTED = 11  # column of ``promoted`` in :func:`raw_row`
+
+
 def build_observation(
     spec: ObsSpec,
     cands: Sequence[Candidate],
@@ -93,10 +110,13 @@ def build_observation(
     arrival_rate: float,
     last_budget: int,
     ttft_s: float | None = None,
+    raw: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The observation dict for ``cands`` (at most ``spec.k``; the rest is masked).
 
     ``ttft_s`` is the TTFT SLO (s); without one the three ``ttft_*`` features stay 0.
+    ``raw``: the candidates' :func:`raw_row` rows ``[n, 13]`` if the caller keeps them
+    (otherwise read off the views).
     """
     k = spec.k
     items = np.zeros((k, spec.f), dtype=np.float32)
@@ -104,12 +124,10 @@ def build_observation(
     info = state.info
     n = min(len(cands), k)
     if n:
-        raw = np.array([
-            (c.value, c.pred_out, c.pred_calls, c.pred_tool_s, v.generated_tokens,
-             v.wait_since_s, v.prompt_tokens, v.context_tokens, v.computed_tokens,
-             v.calls_done > 0, v.preempted, c.promoted, v.arrival_s)
-            for c in cands[:n] for v in (c.view,)
-        ], dtype=np.float64)
+        if raw is None:
+            raw = np.array([raw_row(c.view, c.value, c.pred_out, c.pred_calls, c.pred_tool_s,
+                                    c.promoted) for c in cands[:n]], dtype=np.float64)
+        raw = raw[:n]
         ctx = raw[:, 7]
         unc = np.maximum(ctx - raw[:, 8], 0.0)
         out = items[:n]

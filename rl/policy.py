@@ -9,9 +9,8 @@ follows AugServe's own order. The starvation tier's head, on a tier turn (at mos
 ``starve_every_s``, as in AugServe), keeps its place ahead of the ranking, so AugServe's
 starvation bound still holds.
 
-Predictions go through :class:`rl.predcache.CachedPredictor` (same values, cached Stage I,
-cheaper Stage II); :meth:`LearnedStage2.prefetch` computes a whole episode's Stage I predictions
-in one batch.
+Predictions come from the configured predictor as AugServe asks for them (a request's
+arrival features are computed when it first enters the queue, inside the run).
 
 Subclasses implement ``decide(obs) -> (scores [K], budget_bin)``: :class:`rl.env.ActionPolicy`
 returns the env's action, :class:`rl.rl_policy.RLPolicy` runs the trained network.
@@ -21,16 +20,14 @@ from __future__ import annotations
 
 import itertools
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from augserve.predictor import Predictor
-from augserve.request import AugRequest, EngineInfo, EngineState, KVMode, RequestView
+from augserve.request import EngineState, RequestView
 from augserve.sched.augserve import AugServePolicy
-from augserve.sched.minwaste import min_waste
-from rl.obs import Candidate, ObsSpec, build_observation
-from rl.predcache import CachedPredictor
+from rl.obs import PROMOTED, Candidate, ObsSpec, build_observation, raw_row
 
 _NO_PRED = (1.0, 0.0, 0.0, 1.0)  # (out, calls, tool_s, value) of a request not yet valued
 
@@ -54,33 +51,18 @@ class LearnedStage2(AugServePolicy):
         if k < 1 or not budget_bins or min(budget_bins) < 1:
             raise ValueError("k must be >= 1 and budget_bins positive")
         self.spec = ObsSpec(k=int(k), budget_bins=tuple(int(b) for b in budget_bins))
-        if not isinstance(self.predictor, CachedPredictor):
-            self.predictor = CachedPredictor(self.predictor)
         self._budget = self.spec.budget_bins[len(self.spec.budget_bins) // 2]
 
     def _reset_queue(self) -> None:
         super()._reset_queue()
         self._cands: list[Candidate] = []
+        self._rows: dict[str, tuple] = {}  # rid -> rl.obs.raw_row while it waits
         self._scores: np.ndarray | None = None
         self._max_promoted: int | None = None  # tier requests allowed first at this decision
         self._budget = self.spec.budget_bins[len(self.spec.budget_bins) // 2] if hasattr(
             self, "spec") else 1024
         self._last_arrival: float | None = None
         self._gap = 1.0  # EWMA of inter-arrival gaps (s)
-
-    def reset(self, info: EngineInfo) -> None:
-        super().reset(info)
-        self.predictor.clear()
-
-    def prefetch(self, requests: Sequence[AugRequest]) -> None:
-        """Stage I predictions of a run's requests in one batch (optional; call after the run
-        has started, since ``reset`` clears the cache). Decisions do not change."""
-        self.predictor.prefetch(requests)
-
-    def on_intercept(self, view: RequestView, state: EngineState) -> KVMode:
-        # AugServePolicy.on_intercept without the predictions it does not use
-        tool_s = float(self.predictor.tool_s_remaining([view])[0])
-        return min_waste(view.context_tokens, tool_s, state).best()
 
     # ------------------------------------------------------------------ observation
     def on_enqueue(self, view: RequestView, state: EngineState) -> None:
@@ -107,16 +89,34 @@ class LearnedStage2(AugServePolicy):
         now = self.clock(state)
         self._max_promoted = self._tier_turn(now)
         self._scores = None
-        cache = self.pred_cache
+        cache, rows = self.pred_cache, self._rows
         cands = []
+        raw = []
         for view, promoted in itertools.islice(self.queue.ordered(now, self._max_promoted),
                                                self.spec.k):
             p = cache.get(view.rid, _NO_PRED)
             cands.append(Candidate(view, promoted, p[3], p[0], p[1], p[2]))
+            row = rows.get(view.rid)
+            raw.append(row if row is not None else raw_row(view, p[3], p[0], p[1], p[2]))
         self._cands = cands
         rate = 1.0 / self._gap if self._gap > 0 else 0.0
+        arr = None
+        if raw:
+            arr = np.array(raw, dtype=np.float64)
+            arr[:, PROMOTED] = [c.promoted for c in cands]
         return build_observation(self.spec, cands, state, len(self.queue),
-                                 self.backlog_tokens, rate, self._budget, self.ttft_s)
+                                 self.backlog_tokens, rate, self._budget, self.ttft_s, raw=arr)
+
+    def adjust_key(self, view: RequestView, key: float, state: EngineState) -> float:
+        key = super().adjust_key(view, key, state)
+        # the observation's row of this request, fixed while it waits (rl.obs.raw_row)
+        p = self.pred_cache.get(view.rid, _NO_PRED)
+        self._rows[view.rid] = raw_row(view, p[3], p[0], p[1], p[2])
+        return key
+
+    def on_admit(self, view: RequestView) -> None:
+        self._rows.pop(view.rid, None)
+        super().on_admit(view)
 
     @abstractmethod
     def decide(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:

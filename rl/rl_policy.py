@@ -19,7 +19,7 @@ import torch
 
 from augserve.predictor import Predictor
 from rl.checkpoint import load_checkpoint
-from rl.distributions import PlackettLuce, ranking_to_scores
+from rl.distributions import greedy_scores
 from rl.net import obs_to_tensors
 from rl.obs import ObsSpec
 from rl.policy import LearnedStage2
@@ -63,10 +63,9 @@ class RLPolicy(LearnedStage2):
     def decide(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
         items, mask, engine = obs_to_tensors(obs)
         with torch.inference_mode():
-            logits, blogits, _ = self.net(items, mask, engine)
-            ranking = PlackettLuce(logits, mask, self.top_m).mode()
-            scores = ranking_to_scores(ranking, mask)[0]
-        return scores.numpy().astype(np.float64), int(blogits[0].argmax())
+            logits, blogits = self.net.act(items, mask, engine)
+        return (greedy_scores(logits[0].numpy(), obs["mask"], self.top_m),
+                int(blogits[0].argmax()))
 
 
 def make_rl_policy(checkpoint: str, predictor: Predictor | None = None,

@@ -119,3 +119,74 @@ def test_broken_artifacts_name_the_path(lgbm_dir, tmp_path):
     d = broken("corrupt", lambda d: (d / "models" / "calls.txt").write_text("garbage"))
     with pytest.raises(ValueError, match="calls.txt"):
         load_predictor(str(d))
+
+
+# -- the serving path (cached arrival rows, cached re-predictions, single-row trees) ---------------
+@pytest.fixture(scope="module")
+def shipped():
+    from pathlib import Path
+
+    return load_predictor(str(Path(__file__).resolve().parents[1] / "data/predictors/lgbm"))
+
+
+def _real_views(n: int = 150) -> list:
+    """Views of real tool-use requests (prompt text, tools, schemas) at every call index."""
+    from pathlib import Path
+
+    from predictors.data import load_source
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    views = []
+    for src in ("toolbench_cot", "api_bank", "bfcl", "infercept_mix"):
+        rows, _ = load_source(src, data)
+        for r in rows[: n // 4]:
+            views += [view_of(r, k) for k in range(min(r.num_calls, 3) + 1)]
+    return views
+
+
+def _plain(pred, views, remaining):
+    from predictors.features import FeatureInput
+
+    return pred.predict_inputs([FeatureInput.from_view(v) for v in views], remaining)
+
+
+def test_serving_path_is_the_plain_path_bit_for_bit(shipped) -> None:
+    views = _real_views()
+    fields = ("output_tokens", "num_calls", "tool_s", "rank_score")
+    for size in (1, 3, 16, 64, len(views)):  # single rows, small batches, Booster.predict
+        shipped.reset()
+        for start in range(0, min(len(views), 4 * size), size):
+            vs = views[start:start + size]
+            for _ in range(2):  # a miss, then a hit
+                for fn, rem in (("predict", False), ("predict_remaining", True)):
+                    got, ref = getattr(shipped, fn)(vs), _plain(shipped, vs, rem)
+                    for f in fields:
+                        assert np.array_equal(getattr(got, f), getattr(ref, f)), (size, fn, f)
+                assert np.array_equal(shipped.predict_tool_s(vs), _plain(shipped, vs, True).tool_s)
+
+
+def test_serving_caches_are_bounded_and_reset(shipped) -> None:
+    small = LGBMPredictor(shipped.spec, shipped.models, cache_size=5)
+    views = _real_views(40)[:30]
+    ref = _plain(shipped, views, True).output_tokens
+    for i in range(0, 30, 3):
+        got = small.predict_remaining(views[i:i + 3]).output_tokens
+        assert np.array_equal(got, ref[i:i + 3])
+    assert len(small._cache) <= 5 and len(small._remaining) <= 5
+    assert np.array_equal(small.predict_remaining(views).output_tokens, ref)  # batch > size
+    small.reset()
+    assert not small._cache and not small._remaining and not small._tool
+    with pytest.raises(ValueError, match="cache_size"):
+        LGBMPredictor(shipped.spec, shipped.models, cache_size=0)
+
+
+def test_single_row_trees_are_booster_predict(shipped) -> None:
+    from predictors.features import FeatureInput, build_matrix
+    from predictors.lgbm_fast import FAST_MAX_ROWS
+
+    X = build_matrix(shipped.spec, [FeatureInput.from_view(v) for v in _real_views(60)])
+    for t, m in shipped.models.items():
+        ref = m.booster.predict(X, num_threads=1)
+        rows = np.concatenate([m._fast.predict(X[i:i + 7]) for i in range(0, len(X), 7)])
+        assert np.array_equal(rows, ref), t
+        assert len(X) > FAST_MAX_ROWS and np.array_equal(m._fast.predict(X), ref)

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from predictors.features import FeatureInput, FeatureSpec, build_matrix, rows_matrix
+from predictors.features import (
+    FeatureInput,
+    FeatureSpec,
+    arrival_key,
+    build_matrix,
+    rows_matrix,
+    runtime_inputs,
+    set_runtime_columns,
+)
 from predictors.synthetic import synthetic_rows, view_of
+from predictors.text_hash import TextHasher
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +66,45 @@ def test_unknown_vocab_and_tool_times(rows):
     assert np.isnan(x[names.index("log_elapsed_tool_s")])  # unknown, not invented
     with pytest.raises(ValueError, match="at_call"):
         FeatureInput.from_row(r, at_call=r.num_calls + 1)
+
+
+# -- the text hasher is HashingVectorizer, without its overhead ----------------------------------
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def real_prompts() -> list[str]:
+    """Prompt texts of every real tool-use dataset (../shared/data), plus edge cases."""
+    from predictors.data import load_source
+
+    texts = []
+    for src in ("toolbench_cot", "api_bank", "toolalpaca", "tooltalk", "bfcl", "infercept_mix"):
+        rows, _ = load_source(src, DATA)
+        texts += [r.prompt_text or "" for r in rows[::7]]
+    return texts + ["", "   ", "a", "Ünïcødé – ümlaut 東京 👍 café", "x" * 5000, "the the the"]
+
+
+@pytest.mark.parametrize("analyzer, ngrams, n", [("word", (1, 1), 256), ("word", (1, 2), 128),
+                                                 ("char_wb", (3, 4), 64)])
+def test_text_hasher_is_hashing_vectorizer(real_prompts, analyzer, ngrams, n) -> None:
+    h = TextHasher(n, analyzer, ngrams)
+    ref = h.vectorizer.transform(real_prompts).toarray()
+    got = h.transform(real_prompts)
+    assert got.dtype == np.float32 and got.shape == ref.shape == (len(real_prompts), n)
+    assert np.array_equal(got, ref)  # bit for bit
+    one = np.vstack([h.transform([t]) for t in real_prompts[:50]])
+    assert np.array_equal(one, ref[:50])  # a row does not depend on its batch
+    assert (got.sum(axis=1) > 0).sum() > len(real_prompts) // 2
+
+
+def test_runtime_columns_are_build_matrix_s(rows) -> None:
+    spec = FeatureSpec(hash_word=16)
+    for k in (0, 1, 2):
+        fs = [FeatureInput.from_row(r, at_call=min(k, r.num_calls)) for r in rows]
+        full = build_matrix(spec, fs)
+        X = build_matrix(spec, [f.at_arrival() for f in fs])
+        set_runtime_columns(spec, X, [(f.generated_tokens, f.calls_done, f.last_return_tokens,
+                                       f.elapsed_tool_s) for f in fs])
+        assert np.array_equal(X, full, equal_nan=True)
+    v = view_of(rows[0], rows[0].num_calls)
+    assert FeatureInput.from_view(v) == FeatureInput(*arrival_key(v), *runtime_inputs(v))

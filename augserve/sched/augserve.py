@@ -43,7 +43,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from augserve.metrics import parse_slo
-from augserve.predictor import Prediction, Predictor
+from augserve.predictor import Prediction, Predictor, predict_tool_s
 from augserve.request import EngineState, KVMode, RequestView
 from augserve.sched.budget import DynamicBudget
 from augserve.sched.kind_means import KindMeans
@@ -174,5 +174,5 @@ class AugServePolicy(ValueQueuePolicy):
             self._returns.add(view.current_tool or view.aug_type, view.observed_return_tokens[-1])
 
     def on_intercept(self, view: RequestView, state: EngineState) -> KVMode:
-        tool_s = float(self.predictor.predict_remaining([view]).tool_s[0])
+        tool_s = float(predict_tool_s(self.predictor, [view])[0])
         return min_waste(view.context_tokens, tool_s, state).best()

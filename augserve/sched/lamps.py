@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from augserve.predictor import Predictor
+from augserve.predictor import Predictor, predict_tool_s
 from augserve.request import EngineState, KVMode, RequestView
 from augserve.sched.minwaste import min_waste
 from augserve.sched.queue_policy import ValueQueuePolicy, check_predictor
@@ -50,5 +50,5 @@ class LAMPSPolicy(ValueQueuePolicy):
         return self.budget
 
     def on_intercept(self, view: RequestView, state: EngineState) -> KVMode:
-        tool_s = float(self.predictor.predict_remaining([view]).tool_s[0])
+        tool_s = float(predict_tool_s(self.predictor, [view])[0])
         return min_waste(view.context_tokens, tool_s, state).best()

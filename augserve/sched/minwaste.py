@@ -25,24 +25,25 @@ forward time per token, and ``T_swap(C) = C · kv_bytes_per_token / swap_bytes_p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from augserve.request import EngineState, KVMode
 
 
-@dataclass(frozen=True, slots=True)
-class Waste:
-    """Token·seconds of idle KV for each mode."""
+class Waste(NamedTuple):
+    """Token·seconds of idle KV for each mode (a tuple: built at every tool call and every
+    valuation of a request expected to call one)."""
 
     preserve: float
     discard: float
     swap: float
 
     def best(self, allow_swap: bool = True) -> KVMode:
-        options = [(self.preserve, 0, KVMode.PRESERVE), (self.discard, 1, KVMode.DISCARD)]
-        if allow_swap:
-            options.append((self.swap, 2, KVMode.SWAP))
-        return min(options)[2]
+        """The mode of least waste; ties go to preserve, then discard, then swap."""
+        p, d, s = self
+        if allow_swap and s < p and s < d:
+            return KVMode.SWAP
+        return KVMode.DISCARD if d < p else KVMode.PRESERVE
 
 
 def min_waste(context_tokens: int, tool_s: float, state: EngineState) -> Waste:

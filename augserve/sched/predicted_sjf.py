@@ -8,8 +8,8 @@ iteration). KV mode at a call: InferCept's min-waste rule with the predicted too
 
 from __future__ import annotations
 
-from augserve.predictor import Predictor
-from augserve.request import EngineState, KVMode, RequestView
+from augserve.predictor import Predictor, predict_tool_s, reset_predictor
+from augserve.request import EngineInfo, EngineState, KVMode, RequestView
 from augserve.sched.base import Policy
 from augserve.sched.minwaste import min_waste
 from augserve.sched.queue_policy import check_predictor
@@ -34,6 +34,10 @@ class PredictedSJFPolicy(Policy):
         prefill_left = view.context_tokens - view.computed_tokens
         return decode_left + prefill_left / self.budget, float(p.tool_s[0])
 
+    def reset(self, info: EngineInfo) -> None:
+        super().reset(info)
+        reset_predictor(self.predictor)
+
     def priority(self, view: RequestView, state: EngineState) -> tuple:
         return (self.remaining_service(view)[0], view.arrival_s)
 
@@ -41,5 +45,5 @@ class PredictedSJFPolicy(Policy):
         return self.budget
 
     def on_intercept(self, view: RequestView, state: EngineState) -> KVMode:
-        tool_s = float(self.predictor.predict_remaining([view]).tool_s[0])
+        tool_s = float(predict_tool_s(self.predictor, [view])[0])
         return min_waste(view.context_tokens, tool_s, state).best()

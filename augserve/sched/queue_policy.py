@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from augserve.predictor import Predictor
+from augserve.predictor import Predictor, reset_predictor
 from augserve.request import EngineInfo, EngineState, RequestView
 from augserve.sched.base import Policy
 from augserve.sched.value_queue import ValueQueue
@@ -58,6 +58,7 @@ class ValueQueuePolicy(Policy):
     def reset(self, info: EngineInfo) -> None:
         super().reset(info)
         self._reset_queue()
+        reset_predictor(getattr(self, "predictor", None))
 
     def clock(self, state: EngineState) -> float:
         return float(state.step) if self.clock_unit == "steps" else state.now_s

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from augserve.predictor import Prediction, Predictor
+from augserve.predictor import Prediction, Predictor, reset_predictor
 from augserve.request import RequestView
 from augserve.sched.base import Policy
 
@@ -90,6 +90,9 @@ class HintPredictor:
             if isinstance(hint_tool, (int, float)):
                 tool[i] = max(0.0, float(hint_tool))
         return Prediction(output_tokens=out, num_calls=calls, tool_s=tool, rank_score=rank)
+
+    def reset(self) -> None:
+        reset_predictor(self.base)
 
     def predict(self, views: Sequence[RequestView]) -> Prediction:
         return self._predict(views, remaining=False)
