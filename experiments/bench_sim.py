@@ -1,10 +1,16 @@
-"""Benchmark: SimEngine speed on InferCept's densest setting (not a test).
+"""Benchmark: SimEngine speed under every policy of ``conf/policy/`` (not a test).
 
-infercept_mix at 4 req/s for an 1800 s window (requests drawn with replacement, Poisson), each
-policy on one core. Reports wall time and simulated tokens/s (prefill + decode tokens processed
-by the simulated GPU per wall-clock second). Target: < 10 s wall, >= 1M simulated tokens/s.
+Two settings: InferCept's densest (infercept_mix at 4 req/s for an 1800 s window, GPT-J-6B/A100)
+and ``make run``'s (augmix at 9 req/s for 600 s, Llama-3-8B/A100). Every policy is built from its
+Hydra config (``predictor=lgbm``: the shipped artifact; ``rl_ckpt``: the shipped checkpoint) and
+runs on the same requests, one after the other in this process (one core). Reported per policy:
+wall time of ``engine.run`` (every feature and prediction cost is inside it: predictors are
+reset at the start of a run), simulated tokens (prefill + decode tokens the simulated GPU
+processed), simulated tokens per wall second, and wall relative to ``vllm``. Targets: every
+policy >= 1 M simulated tokens/s; ``augserve`` within 2x of ``vllm``. Wall times on a shared
+machine move by 10-30 %: ``--repeat N`` keeps the fastest of N runs.
 
-    python experiments/bench_sim.py [--data ../shared/data] [--rate 4] [--window 1800]
+    python experiments/bench_sim.py [--data ../shared/data] [--repeat 3] [--out results.md]
 """
 
 from __future__ import annotations
@@ -13,37 +19,75 @@ import argparse
 import time
 from pathlib import Path
 
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
 from augserve.engine.factory import make_sim_engine
-from augserve.sched import InferCeptPolicy, OraclePolicy, VLLMPolicy
 from augserve.serving import prepare_requests
-from augserve.workload import make_infercept_json
+from augserve.workload import make_augmix, make_infercept_json
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def all_policies() -> list[str]:
+    return sorted(p.stem for p in (ROOT / "conf" / "policy").glob("*.yaml"))
+
+
+def build_policies(names: list[str], data_dir: str) -> dict:
+    """The policies of ``conf/policy/<name>.yaml`` as ``serve.py`` builds them."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("serve", [f"policy=[{','.join(names)}]", "predictor=lgbm",
+                                f"data_dir={data_dir}"])
+    return {n: instantiate(cfg.policies[n]) for n in names}
+
+
+def settings(data_dir: str) -> list[tuple[str, object, object]]:
+    mix = Path(data_dir) / "infercept_mix" / "merged_exp_uniform.json"
+    return [
+        ("infercept_mix 4 req/s, 1800 s, gptj_6b_a100", make_infercept_json(
+            mix, rate=4.0, duration_s=1800.0), make_sim_engine(profile="gptj_6b_a100")),
+        ("augmix 9 req/s, 600 s, llama3_8b_a100 (make run)", make_augmix(
+            rate=9.0, duration_s=600.0), make_sim_engine(profile="llama3_8b_a100")),
+    ]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--rate", type=float, default=4.0)
-    ap.add_argument("--window", type=float, default=1800.0)
-    ap.add_argument("--profile", default="gptj_6b_a100")
+    ap.add_argument("--policies", default="all", help="comma-separated conf/policy names")
+    ap.add_argument("--repeat", type=int, default=1, help="keep the fastest of N runs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="also write the tables (markdown) here")
     args = ap.parse_args()
-    wl = make_infercept_json(Path(args.data) / "infercept_mix" / "merged_exp_uniform.json",
-                             rate=args.rate, duration_s=args.window)
-    print(f"infercept_mix, {args.rate} req/s, {args.window:.0f} s window, {args.profile}")
-    print(f"{'policy':<10} {'stretch':>7} {'requests':>8} {'sim tokens':>11} {'steps':>8} "
-          f"{'wall s':>7} {'tokens/s':>10}")
-    for skip in (True, False):
-        for pol in (VLLMPolicy(), InferCeptPolicy(), OraclePolicy()):
-            eng = make_sim_engine(profile=args.profile, skip_stretches=skip)
-            reqs = prepare_requests(wl, eng, args.seed)
-            t0 = time.perf_counter()
-            res = eng.run(reqs, pol)
-            wall = time.perf_counter() - t0
+    names = all_policies() if args.policies == "all" else args.policies.split(",")
+    if "vllm" in names:  # first, so every row can say how it compares
+        names = ["vllm", *[n for n in names if n != "vllm"]]
+    lines: list[str] = []
+    for title, workload, engine in settings(args.data):
+        reqs = prepare_requests(workload, engine, args.seed)
+        policies = build_policies(names, args.data)
+        lines += [f"### {title}: {len(reqs):,} requests", "",
+                  "| policy | wall s | sim tokens | steps | M tokens/s | wall / vllm |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        print("\n".join(lines[-4:]), flush=True)
+        base = None
+        for name, pol in policies.items():
+            best = float("inf")
+            for _ in range(max(1, args.repeat)):
+                t0 = time.perf_counter()
+                res = engine.run(reqs, pol)
+                best = min(best, time.perf_counter() - t0)
             toks = res.stats["prefill_tokens"] + res.stats["decode_tokens"]
-            print(f"{pol.name:<10} {str(skip):>7} {len(reqs):>8} {toks:>11,} "
-                  f"{res.stats['steps']:>8,} {wall:>7.2f} {toks / wall:>10,.0f}")
+            base = best if name == "vllm" else base
+            rel = f"{best / base:.2f}x" if base else "-"
+            lines.append(f"| {name} | {best:.2f} | {toks:,} | {res.stats['steps']:,} | "
+                         f"{toks / best / 1e6:.2f} | {rel} |")
+            print(lines[-1], flush=True)
+        lines.append("")
+        print()
+    if args.out:
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        print(f"written: {args.out}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,12 @@ def sweep_root(quick: bool) -> Path:
     return ROOT / "multirun" / ("paper_quick" if quick else "paper")
 
 
+def output_dir(quick: bool) -> Path:
+    """Where the tables and figures go by default: quick runs never touch the committed ones."""
+    return ROOT / "multirun" / "paper_quick" / "report" if quick else ROOT / "experiments" / \
+        "results"
+
+
 def study_duration(st: Study, quick: bool) -> float | None:
     """The arrival window (s) a study's jobs use, as set by its overrides (None: the default)."""
     if quick:
@@ -152,7 +158,8 @@ def f(x: str | float, fmt: str = ".2f") -> str:
         return "-"
 
 
-def report(all_rows: list[dict], out: Path, studies_run: list[Study]) -> str:
+def report(all_rows: list[dict], out: Path, studies_run: list[Study], tag: str = "paper") -> str:
+    """The markdown report; figures go to ``out/<tag>_<study>_*.png``."""
     lines = ["# The paper's comparison", "",
              "Effective throughput = goodput under the SLO (req/s meeting it, per second of "
              "arrival window). Capacity = highest swept rate with >= 90% SLO attainment. "
@@ -199,9 +206,9 @@ def report(all_rows: list[dict], out: Path, studies_run: list[Study]) -> str:
                 job = Path(next(iter(at.values()))["job"])
                 for p in at:
                     recs[p] = _records(job / p / "requests.csv")
-                plot_ttft_cdf(recs, out / f"paper_{st.name}_ttft_cdf.png")
-            plot_goodput_vs_rate(rows, out / f"paper_{st.name}_goodput.png")
-            plot_goodput_vs_rate(rows, out / f"paper_{st.name}_attainment.png",
+                plot_ttft_cdf(recs, out / f"{tag}_{st.name}_ttft_cdf.png")
+            plot_goodput_vs_rate(rows, out / f"{tag}_{st.name}_goodput.png")
+            plot_goodput_vs_rate(rows, out / f"{tag}_{st.name}_attainment.png",
                                  metric="slo_attainment")
     return "\n".join(lines) + "\n"
 
@@ -227,7 +234,10 @@ def main() -> None:
     ap.add_argument("--studies", default="all")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
-    ap.add_argument("--out", default=str(ROOT / "experiments" / "results"))
+    ap.add_argument("--out", default=None,
+                    help="tables and figures (default: experiments/results; with --quick "
+                    "multirun/paper_quick/report, so a smoke run never replaces the committed "
+                    "results)")
     ap.add_argument("--quick", action="store_true", help="3 rates, 120 s windows (smoke run)")
     ap.add_argument("--report-only", action="store_true",
                     help="rebuild the tables and figures from the last run's multirun/paper/ "
@@ -244,7 +254,7 @@ def main() -> None:
                                  study_duration(st, args.quick))
         else:
             rows += run_study(st, args.seed, data_dir, args.quick)
-    out = Path(args.out)
+    out = Path(args.out) if args.out else output_dir(args.quick)
     out.mkdir(parents=True, exist_ok=True)
     tag = "paper_quick" if args.quick else "paper"
     cols = ["study", "rate", *[c for c in rows[0] if c not in ("study", "rate", "job")]]
@@ -252,10 +262,10 @@ def main() -> None:
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    md = report(rows, out, chosen)
+    md = report(rows, out, chosen, tag)
     (out / f"{tag}.md").write_text(md)
     print(md)
-    print(f"written: {out}/{tag}.csv, {tag}.md, paper_*.png")
+    print(f"written: {out}/{tag}.csv, {tag}.md, {tag}_*.png")
 
 
 if __name__ == "__main__":

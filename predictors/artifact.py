@@ -130,7 +130,7 @@ class LGBMPredictor:
         def compute(miss: list[ArrivalKey]) -> list:
             X = build_matrix(self.spec, [FeatureInput(*k) for k in miss])
             p = self._predict(X, remaining=False)
-            return [(X[j], (float(p.output_tokens[j]), float(p.num_calls[j]),
+            return [(X[j].copy(), (float(p.output_tokens[j]), float(p.num_calls[j]),
                             float(p.tool_s[j]), float(p.rank_score[j])))
                     for j in range(len(miss))]
 

@@ -130,15 +130,16 @@ def greedy_scores(logits: np.ndarray, mask: np.ndarray, top_m: int | None = None
     torch ops cost more than the network): the ``top_m`` valid slots by descending logit
     (ties: lower slot first), then the other valid slots, then the masked ones, in slot
     order."""
-    valid = np.asarray(mask).astype(bool)
+    valid = np.asarray(mask) != 0
     k = valid.shape[0]
     m = k if top_m is None else min(int(top_m), k)
     slots = np.flatnonzero(valid)
-    lg = np.asarray(logits, dtype=np.float32)[slots]
-    head = slots[np.argsort(-lg, kind="stable")[:m]]
-    rest = np.setdiff1d(slots, head, assume_unique=True)
-    ranking = np.concatenate([head, rest, np.flatnonzero(~valid)])
+    head = slots[np.argsort(-np.asarray(logits, dtype=np.float32)[slots], kind="stable")[:m]]
+    later = valid.copy()
+    later[head] = False
+    ranking = np.concatenate([head, np.flatnonzero(later), np.flatnonzero(~valid)])
     pos = np.empty(k, dtype=np.float32)
     pos[ranking] = np.arange(k, dtype=np.float32)
     scores = np.float32(high) - np.float32(high - low) * pos / np.float32(k)
-    return np.where(valid, scores, np.float32(low)).astype(np.float64)
+    scores[~valid] = low
+    return scores.astype(np.float64)

@@ -73,3 +73,18 @@ def test_collect_rows_keeps_one_window_and_refuses_stale_jobs(tmp_path: Path) ->
         paper.collect_rows(TINY, 0, [6.0], tmp_path, duration_s=600.0)
     with pytest.raises(ValueError, match="no finished job"):
         paper.collect_rows(TINY, 1, [6.0], tmp_path)
+
+
+def test_quick_runs_never_write_the_committed_results(tmp_path: Path) -> None:
+    """A --quick run once overwrote experiments/results/paper_<study>_*.png."""
+    results = ROOT / "experiments" / "results"
+    assert paper.output_dir(quick=False) == results
+    assert results not in paper.output_dir(quick=True).parents
+    rows = [{"study": "tiny", "rate": r, "policy": p, "goodput": 1.0, "slo_attainment": 0.5,
+             "median_ttft_ms": 1.0, "p99_ttft_ms": 1.0, "median_norm_latency_ms": 1.0,
+             "preemptions": 0, "job": str(tmp_path)} for r in (6.0, 12.0) for p in paper.POLICIES]
+    before = {p: p.stat().st_mtime_ns for p in results.glob("*.png")}
+    paper.report(rows, tmp_path, [TINY], tag="paper_quick")
+    made = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert made == ["paper_quick_tiny_attainment.png", "paper_quick_tiny_goodput.png"], made
+    assert {p: p.stat().st_mtime_ns for p in results.glob("*.png")} == before

@@ -33,7 +33,7 @@ from augserve.request import RequestView
 class ValueQueue:
     """Waiting requests by value with promotion after ``starve_after`` (None: never)."""
 
-    __slots__ = ("starve_after", "_heap", "_fifo", "_live", "_live_heap", "_seq")
+    __slots__ = ("starve_after", "_heap", "_fifo", "_live", "_live_heap", "_seq", "_wasted")
 
     def __init__(self, starve_after: float | None = None) -> None:
         if starve_after is not None and starve_after < 0:
@@ -44,6 +44,7 @@ class ValueQueue:
         self._live: dict[str, int] = {}  # rid -> seq of its live FIFO entry
         self._live_heap: dict[str, int] = {}  # rid -> seq of its live heap entry
         self._seq = 0
+        self._wasted = 0  # stale heap entries traversals have stepped over since a rebuild
 
     def __len__(self) -> int:
         return len(self._live)
@@ -82,11 +83,15 @@ class ValueQueue:
             heapq.heappop(heap)
         while fifo and not self._alive(fifo[0][1], fifo[0][2]):
             fifo.popleft()
-        # keep memory bounded when many stale entries pile up behind the heads
-        if len(heap) > 64 and len(heap) > 4 * len(self._live):
+        # rebuild without stale entries when they pile up (memory), or once traversals have
+        # stepped over as many of them as a rebuild costs (admitted and re-keyed requests
+        # leave stale entries among the best keys, under newer arrivals): at most twice the
+        # traversal work of a heap without stale entries
+        if (len(heap) > 64 and len(heap) > 4 * len(self._live)) or self._wasted > len(heap) + 64:
             self._heap = [e for e in heap if self._alive_heap(e[1], e[2])]
             heapq.heapify(self._heap)
             self._fifo = deque(e for e in fifo if self._alive(e[1], e[2]))
+            self._wasted = 0
 
     def ordered(
         self, now: float, max_promoted: int | None = None
@@ -110,7 +115,9 @@ class ValueQueue:
         while frontier:
             _, _, i = heapq.heappop(frontier)
             key, seq, view = heap[i]
-            if view.rid not in seen and self._alive_heap(seq, view):
+            if not self._alive_heap(seq, view):
+                self._wasted += 1
+            elif view.rid not in seen:
                 yield view, False
             for j in (2 * i + 1, 2 * i + 2):
                 if j < len(heap):
