@@ -7,8 +7,9 @@ runs on the same requests, one after the other in this process (one core). Repor
 wall time of ``engine.run`` (every feature and prediction cost is inside it: predictors are
 reset at the start of a run), simulated tokens (prefill + decode tokens the simulated GPU
 processed), simulated tokens per wall second, and wall relative to ``vllm``. Targets: every
-policy >= 1 M simulated tokens/s; ``augserve`` within 2x of ``vllm``. Wall times on a shared
-machine move by 10-30 %: ``--repeat N`` keeps the fastest of N runs.
+policy >= 1 M simulated tokens/s; ``augserve`` within 2x of ``vllm`` (the committed
+``experiments/results/bench_sim.md`` says which are missed on the machine it was measured
+on). Wall times on a shared machine move by 10-30 %: ``--repeat N`` keeps the fastest of N.
 
     python experiments/bench_sim.py [--data ../shared/data] [--repeat 3] [--out results.md]
 """

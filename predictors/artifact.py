@@ -25,9 +25,10 @@ import numpy as np
 
 from augserve.predictor import Prediction
 from predictors.features import (
-    ArrivalKey,
+    ArrivalInputs,
     FeatureInput,
     FeatureSpec,
+    arrival_inputs,
     arrival_key,
     build_matrix,
     runtime_inputs,
@@ -49,7 +50,8 @@ class LGBMPredictor:
 
     Serving path: a request's arrival columns (prompt-text hashing, tools, source) and its
     arrival-time predictions are computed once, on first sight, and kept, keyed by what they
-    depend on (:func:`predictors.features.arrival_key`, so a hit is always the right row).
+    depend on (:func:`predictors.features.arrival_key`: the text as far as the columns read it,
+    so a hit is always the right row and a long prompt is not kept whole).
     Re-predictions only fill in the runtime columns; their results are kept too, keyed by the
     arrival key and the runtime inputs (workloads drawn from a pool of scripts repeat them).
     Each cache holds at most ``cache_size`` entries, least recently used dropped first;
@@ -125,44 +127,52 @@ class LGBMPredictor:
                 cache.popitem(last=False)
         return [cache[k] for k in keys]
 
-    def _arrival(self, keys: list[ArrivalKey]) -> list[tuple[np.ndarray, tuple[float, ...]]]:
-        """(arrival feature row, arrival predictions) for arrival keys."""
-        def compute(miss: list[ArrivalKey]) -> list:
-            X = build_matrix(self.spec, [FeatureInput(*k) for k in miss])
+    def _arrival(self, inputs: list[ArrivalInputs]) -> list[tuple[np.ndarray, tuple[float, ...]]]:
+        """(arrival feature row, arrival predictions) of requests with these arrival inputs."""
+        keys = [arrival_key(self.spec, a) for a in inputs]
+        by_key = dict(zip(keys, inputs, strict=True))
+
+        def compute(miss: list) -> list:
+            X = build_matrix(self.spec, [FeatureInput(*by_key[k]) for k in miss])
             p = self._predict(X, remaining=False)
             return [(X[j].copy(), (float(p.output_tokens[j]), float(p.num_calls[j]),
-                            float(p.tool_s[j]), float(p.rank_score[j])))
+                                   float(p.tool_s[j]), float(p.rank_score[j])))
                     for j in range(len(miss))]
 
         return self._cached(self._cache, keys, compute)
 
-    def _runtime_matrix(self, keys: list[tuple[ArrivalKey, tuple]]) -> np.ndarray:
-        """The rows :func:`build_matrix` gives for (arrival key, runtime inputs) pairs."""
-        X = np.array([row for row, _ in self._arrival([a for a, _ in keys])])
-        set_runtime_columns(self.spec, X, [r for _, r in keys])
-        return X
+    def _runtime(self, views: Sequence[Any], cache: OrderedDict,
+                 compute: Callable[[np.ndarray], list]) -> list:
+        """Cached ``compute(X)`` values of the views' current feature rows, keyed by their
+        arrival key and runtime inputs; the rows are built only for the misses."""
+        inputs = [(arrival_inputs(v), runtime_inputs(v)) for v in views]
+        keys = [(arrival_key(self.spec, a), r) for a, r in inputs]
+        by_key = dict(zip(keys, inputs, strict=True))
 
-    @staticmethod
-    def _runtime_keys(views: Sequence[Any]) -> list[tuple[ArrivalKey, tuple]]:
-        return [(arrival_key(v), runtime_inputs(v)) for v in views]
+        def rows(miss: list) -> list:
+            got = [by_key[k] for k in miss]
+            X = np.array([row for row, _ in self._arrival([a for a, _ in got])])
+            set_runtime_columns(self.spec, X, [r for _, r in got])
+            return compute(X)
+
+        return self._cached(cache, keys, rows)
 
     def predict(self, views: Sequence[Any]) -> Prediction:
         """Arrival-time predictions (runtime fields of the views are ignored)."""
-        a = np.array([p for _, p in self._arrival([arrival_key(v) for v in views])],
+        a = np.array([p for _, p in self._arrival([arrival_inputs(v) for v in views])],
                      dtype=np.float64).reshape(len(views), 4)
         return Prediction(output_tokens=a[:, 0], num_calls=a[:, 1], tool_s=a[:, 2],
                           rank_score=a[:, 3])
 
     def predict_remaining(self, views: Sequence[Any]) -> Prediction:
         """What is left: tokens and calls still to come, next call's duration (s)."""
-        def compute(miss: list) -> list:
-            X = self._runtime_matrix(miss)
+        def compute(X: np.ndarray) -> list:
             m = self.models
             return list(zip(m["remaining"].predict(X).tolist(),
                             m["remaining_calls"].predict(X).tolist(),
                             self._tool_s(X).tolist(), strict=True))
 
-        a = np.array(self._cached(self._remaining, self._runtime_keys(views), compute),
+        a = np.array(self._runtime(views, self._remaining, compute),
                      dtype=np.float64).reshape(len(views), 3)
         out = a[:, 0]
         return Prediction(output_tokens=np.maximum(out, 1.0),
@@ -171,10 +181,7 @@ class LGBMPredictor:
 
     def predict_tool_s(self, views: Sequence[Any]) -> np.ndarray:
         """``predict_remaining(views).tool_s`` alone (s): what a KV decision at a call needs."""
-        def compute(miss: list) -> list:
-            return self._tool_s(self._runtime_matrix(miss)).tolist()
-
-        return np.array(self._cached(self._tool, self._runtime_keys(views), compute),
+        return np.array(self._runtime(views, self._tool, lambda X: self._tool_s(X).tolist()),
                         dtype=np.float64)
 
 

@@ -95,19 +95,26 @@ class FeatureInput:
         ``calls_done`` counts *returned* calls (a call in progress is not counted), matching
         :meth:`from_row`.
         """
-        return cls(*arrival_key(view), *runtime_inputs(view))
+        return cls(*arrival_inputs(view), *runtime_inputs(view))
 
 
-ArrivalKey = tuple[str, int, str, str, tuple[str, ...], int]
+ArrivalInputs = tuple[str, int, str, str, tuple[str, ...], int]
 
 
-def arrival_key(view: Any) -> ArrivalKey:
-    """What a request's arrival columns depend on, from a ``RequestView``: the first six
-    fields of its :class:`FeatureInput` (``FeatureInput(*key)`` is the request at arrival)."""
+def arrival_inputs(view: Any) -> ArrivalInputs:
+    """The first six fields of a ``RequestView``'s :class:`FeatureInput`, the ones its
+    arrival columns depend on (``FeatureInput(*inputs)`` is the request at arrival)."""
     meta: Mapping[str, Any] = view.metadata or {}
     return (view.prompt_text or "", int(view.prompt_tokens), str(meta.get("source", "other")),
             view.aug_type or "other", tuple(meta.get("tools", ()) or ()),
             int(meta.get("tools_schema_tokens", 0) or 0))
+
+
+def arrival_key(spec: FeatureSpec, inputs: ArrivalInputs) -> tuple:
+    """A compact key with which the arrival columns are the same: the text as far as the
+    columns read it (its clipped form and its length), and the other five inputs."""
+    text = inputs[0]
+    return (_clip_text(text, spec.text_chars), len(text), *inputs[1:])
 
 
 def runtime_inputs(view: Any) -> tuple[int, int, int, float]:

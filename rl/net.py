@@ -50,7 +50,12 @@ def _seq(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """``seq(x)`` for a Sequential of Linear and Tanh layers, without per-module call
     overhead (the same operations: a decision runs this on every scheduling step)."""
     for layer in seq:
-        x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else torch.tanh(x)
+        if isinstance(layer, nn.Linear):
+            x = F.linear(x, layer.weight, layer.bias)
+        elif isinstance(layer, nn.Tanh):
+            x = torch.tanh(x)
+        else:
+            x = layer(x)
     return x
 
 

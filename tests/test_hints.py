@@ -63,6 +63,7 @@ def served(extra, prompt_tokens: int = 40, arrival: float = NOW) -> ServedRuntim
     ({"predicted_num_calls": True}, "predicted_num_calls"),
     ({"arrival_s": NOW + 3600}, "arrival_s"),  # an hour in the future
     ({"arrival_s": NOW - 30 * 86400}, "arrival_s"),  # a month ago
+    ({"arrival_s": 10**400}, "arrival_s"),  # JSON allows it; float() would overflow
     ({"tool_duration": [1.0]}, "unknown"),  # a misspelt hint must not vanish silently
 ])
 def test_each_violation_names_its_field(extra, key) -> None:
@@ -75,8 +76,9 @@ def test_each_violation_names_its_field(extra, key) -> None:
         assert where == key or where.startswith(f"{key}[")
     else:
         assert "did you mean 'tool_durations'" in str(e.value)
-    hints, reason = parse_hints(extra, now_s=NOW)
-    assert hints is NO_HINTS and reason == str(e.value)
+    if "server's clock" not in str(e.value):  # the engine checks no clock window
+        hints, reason = parse_hints(extra)
+        assert hints is NO_HINTS and reason == str(e.value)
 
 
 def test_good_hints_are_typed_and_foreign_keys_pass_through() -> None:
@@ -112,8 +114,9 @@ def test_any_input_is_accepted_within_bounds_or_rejected_with_a_field(extra) -> 
         h = check_hints(extra, now_s=NOW)
     except HintError as e:
         assert e.key in FIELDS or e.key == "unknown"
-        hints, reason = parse_hints(extra, now_s=NOW)
-        assert hints is NO_HINTS and reason
+        if "server's clock" not in str(e):
+            hints, reason = parse_hints(extra)
+            assert hints is NO_HINTS and reason
         return
     # accepted: every value a policy or predictor reads is typed and bounded
     assert isinstance(h.aug_type, str) and 1 <= len(h.aug_type) <= 64
@@ -128,7 +131,7 @@ def test_any_input_is_accepted_within_bounds_or_rejected_with_a_field(extra) -> 
             assert not isinstance(x, bool) and math.isfinite(x) and 0 <= x <= FIELDS[k].hi
     if h.arrival_s is not None:
         assert NOW - 7 * 86400 <= h.arrival_s <= NOW + 60
-    assert parse_hints(extra, now_s=NOW) == (h, None)
+    assert parse_hints(extra) == (h, None)
 
 
 good_values = {
@@ -176,6 +179,30 @@ def test_one_bad_field_among_good_ones_is_the_one_named(good, f, how) -> None:
     assert e.value.key == f.key
 
 
+def test_the_engine_bounds_token_counts_by_the_context() -> None:
+    ok = {"tool_durations": [1.0], "return_lengths": [2000], "generated_tokens": 300}
+    assert parse_hints(ok, max_tokens=4096) == (check_hints(ok), None)
+    for key, extra in (("return_lengths", {**ok, "return_lengths": [10_000_000]}),
+                       ("generated_tokens", {**ok, "generated_tokens": 5000}),
+                       ("tools_schema_tokens", {"tools_schema_tokens": 9000})):
+        hints, reason = parse_hints(extra, max_tokens=4096)
+        assert hints is NO_HINTS and reason.startswith(f"vllm_xargs.{key}: ") and "4096" in reason
+    rt = served({"tool": "math", "tool_durations": [1.0], "return_lengths": [10_000_000]})
+    assert rt.hint_error is None  # no context given: the schema's own bound
+    vreq = SimpleNamespace(request_id="r", arrival_time=NOW, num_prompt_tokens=40, num_tokens=40,
+                           num_output_tokens=0, num_computed_tokens=0,
+                           status=SimpleNamespace(name="WAITING"),
+                           sampling_params=SimpleNamespace(extra_args={
+                               "return_lengths": [10_000_000], "tool_durations": [1.0]}))
+    assert ServedRuntime(vreq, 32, NOW, max_model_len=4096).view.observed_return_tokens == ()
+
+
+def test_the_engine_clamps_the_first_turn_s_arrival() -> None:
+    long_ago = served({"arrival_s": NOW - 30 * 86400}).view
+    future = served({"arrival_s": NOW + 3600}).view
+    assert long_ago.arrival_s == pytest.approx(10.0 - 7 * 86400) and future.arrival_s == 10.0
+
+
 # -- the view built from hints ------------------------------------------------------------------
 def test_served_view_with_unusable_hints_is_hint_less() -> None:
     rt = served({"tool_durations": "abc", "aug_type": "qa", "predicted_output_tokens": 9})
@@ -200,13 +227,16 @@ def test_served_view_with_good_hints() -> None:
 
 
 # -- what a client can do to a policy's shared state -----------------------------------------
-def test_kind_tables_are_bounded() -> None:
+def test_kind_tables_are_bounded_and_keep_what_recurs() -> None:
     km = KindMeans(default=1.0, max_kinds=3)
-    for i in range(10):
-        km.add(f"tool-{i}", 5.0)
-    assert len(km) == 3 and km.mean("tool-0") == 5.0 and km.mean("tool-9") == 1.0
-    km.add("tool-0", 7.0)
-    assert km.mean("tool-0") == 6.0 and km.mean(None) == 1.0
+    for _ in range(2):
+        km.add("search", 4.0)
+    for i in range(10):  # made-up names, one each
+        km.add(f"junk-{i}", 5.0)
+    assert len(km) == 3 and km.mean("search") == 4.0  # seen twice: kept
+    assert km.mean("junk-9") == km.mean("junk-8") == 5.0 and km.mean("junk-0") == 1.0
+    km.add("search", 7.0)
+    assert km.mean("search") == 5.0 and km.mean(None) == 1.0
     with pytest.raises(ValueError):
         KindMeans(1.0, max_kinds=0)
 
@@ -218,9 +248,9 @@ def test_policies_learn_only_bounded_tool_returns() -> None:
         rt = served({"tool": f"t{i}", "tool_durations": [MAX_TOOL_S], "return_lengths": [5]})
         ic.on_tool_return(rt.view, rt.tool_durations[-1])
         au.on_tool_return(rt.view, rt.tool_durations[-1])
-    assert len(ic._tool_s) == 1024 and ic.tool_estimate("t0") == MAX_TOOL_S
-    assert ic.tool_estimate("t2999") == ic.default_tool_s
-    assert len(au._returns) == 1024 and au.mean_return("t5") == 5.0
+    assert len(ic._tool_s) == 1024 and ic.tool_estimate("t2999") == MAX_TOOL_S
+    assert ic.tool_estimate("t0") == ic.default_tool_s  # pushed out by later names
+    assert len(au._returns) == 1024 and au.mean_return("t2999") == 5.0
 
 
 def test_docs_list_the_schema() -> None:

@@ -11,6 +11,7 @@ import pytest
 from predictors.features import (
     FeatureInput,
     FeatureSpec,
+    arrival_inputs,
     arrival_key,
     build_matrix,
     rows_matrix,
@@ -107,4 +108,17 @@ def test_runtime_columns_are_build_matrix_s(rows) -> None:
                                        f.elapsed_tool_s) for f in fs])
         assert np.array_equal(X, full, equal_nan=True)
     v = view_of(rows[0], rows[0].num_calls)
-    assert FeatureInput.from_view(v) == FeatureInput(*arrival_key(v), *runtime_inputs(v))
+    assert FeatureInput.from_view(v) == FeatureInput(*arrival_inputs(v), *runtime_inputs(v))
+
+
+def test_arrival_key_holds_what_the_columns_read() -> None:
+    """Two prompts equal in their first and last 500 chars and in length give one row: the
+    key keeps only that much of the text (a cache of them holds no whole prompts)."""
+    spec = FeatureSpec(hash_word=64, text_chars=1000)
+    a, b = "x " * 300 + "alpha " * 500 + "y " * 300, "x " * 300 + "omega " * 500 + "y " * 300
+    ia, ib = (a, 50, "bfcl", "qa", ("t",), 3), (b, 50, "bfcl", "qa", ("t",), 3)
+    assert arrival_key(spec, ia) == arrival_key(spec, ib) and len(arrival_key(spec, ia)[0]) <= 1001
+    assert np.array_equal(build_matrix(spec, [FeatureInput(*ia)]),
+                          build_matrix(spec, [FeatureInput(*ib)]))
+    ic = (a + "z", *ia[1:])  # one char longer: another prompt-length feature
+    assert arrival_key(spec, ic) != arrival_key(spec, ia)

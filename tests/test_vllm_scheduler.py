@@ -276,7 +276,7 @@ def test_unusable_hints_are_dropped_and_counted_not_raised(llm) -> None:
     s = sched_of(llm)
     pol = Recorder()
     s.attach(pol)
-    before = s.hints_ignored
+    before = getattr(s, "hints_ignored", 0)  # (the old code raised at the first add below)
     add(llm, "bad", 20, tool_durations="abc", aug_type="qa", rank=1)
     add(llm, "neg", 20, tool_durations=[-5.0], return_lengths=[3])
     add(llm, "ok", 20, aug_type="math", tool_durations=[0.5], return_lengths=[2])

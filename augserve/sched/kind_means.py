@@ -7,8 +7,8 @@ class KindMeans:
     """Mean of the values seen so far for each kind; ``default`` for a kind not seen yet.
 
     Kinds come from clients on a server (``vllm_xargs``), so at most ``max_kinds`` are tracked:
-    values of further new kinds are not recorded (their mean stays ``default``), and a stream
-    of made-up names cannot grow the table without bound.
+    a new kind then replaces the one seen least often (the oldest of those), so a stream of
+    made-up names neither grows the table without bound nor pushes out the kinds that recur.
     """
 
     __slots__ = ("default", "max_kinds", "_sum", "_n")
@@ -27,7 +27,8 @@ class KindMeans:
 
     def add(self, kind: str, value: float) -> None:
         if kind not in self._n and len(self._n) >= self.max_kinds:
-            return
+            victim = min(self._n, key=self._n.__getitem__)  # first minimum: the oldest
+            del self._n[victim], self._sum[victim]
         self._sum[kind] = self._sum.get(kind, 0.0) + value
         self._n[kind] = self._n.get(kind, 0) + 1
 

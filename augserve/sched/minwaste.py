@@ -41,6 +41,9 @@ class Waste(NamedTuple):
     def best(self, allow_swap: bool = True) -> KVMode:
         """The mode of least waste; ties go to preserve, then discard, then swap."""
         p, d, s = self
+        if p != p or d != d or s != s:  # NaN: the tuple order the rule was written with
+            options = [(p, 0, KVMode.PRESERVE), (d, 1, KVMode.DISCARD)]
+            return min(options + [(s, 2, KVMode.SWAP)] if allow_swap else options)[2]
         if allow_swap and s < p and s < d:
             return KVMode.SWAP
         return KVMode.DISCARD if d < p else KVMode.PRESERVE

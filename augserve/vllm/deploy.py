@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from augserve.predictor import Prediction, Predictor, reset_predictor
+from augserve.predictor import Prediction, Predictor, predict_tool_s, reset_predictor
 from augserve.request import RequestView
 from augserve.sched.base import Policy
 
@@ -93,6 +93,17 @@ class HintPredictor:
 
     def reset(self) -> None:
         reset_predictor(self.base)
+
+    def predict_tool_s(self, views: Sequence[RequestView]) -> np.ndarray:
+        """The remaining-state tool duration (s): the ``predicted_tool_s`` hint, else the base
+        predictor's (its tool model alone), else the default."""
+        tool = (predict_tool_s(self.base, views) if self.base is not None
+                else np.full(len(views), self.defaults[2]))
+        for i, v in enumerate(views):
+            hint = (v.metadata or {}).get("predicted_tool_s")
+            if isinstance(hint, (int, float)):
+                tool[i] = max(0.0, float(hint))
+        return tool
 
     def predict(self, views: Sequence[RequestView]) -> Prediction:
         return self._predict(views, remaining=False)

@@ -36,6 +36,7 @@ MAX_TOOL_NAME_CHARS = 128  # an entry of tools
 MAX_TOOLS = 256  # entries of tools
 MAX_SESSION_S = 7 * 86400.0  # how far back arrival_s may lie (s)
 MAX_CLOCK_SKEW_S = 60.0  # how far in the future arrival_s may lie (s)
+MAX_UNIX_S = 1e11  # any Unix time a hint may state (s; year ~5138)
 
 #: the validator's ``--logits-processors`` value (vLLM's ``<module>:<class>`` form)
 HINT_VALIDATOR = "augserve.vllm.validation:HintValidator"
@@ -157,7 +158,8 @@ def _value(f: Field, x: Any, now_s: float | None) -> Any:
         v = _number(f, k, x, f.kind == "int", f.lo, f.hi)
         return int(v) if f.kind == "int" else float(v)
     if f.kind == "time":
-        v = float(_number(f, k, x, False, -math.inf, math.inf))
+        # finite bounds first: a JSON integer of 400 digits must not overflow float()
+        v = float(_number(f, k, x, False, -MAX_UNIX_S, MAX_UNIX_S))
         if now_s is not None and not now_s + f.lo <= v <= now_s + f.hi:
             raise HintError(k, k, f"Unix time {v:.3f} s is {now_s - v:+.0f} s from the "
                             f"server's clock; allowed: up to {-f.lo:g} s before, "
@@ -212,15 +214,31 @@ def check_hints(extra: Mapping[str, Any] | None, now_s: float | None = None) -> 
     )
 
 
-def parse_hints(extra: Any, now_s: float | None = None) -> tuple[Hints, str | None]:
+def parse_hints(extra: Any, max_tokens: int | None = None) -> tuple[Hints, str | None]:
     """``(hints, None)``, or ``(NO_HINTS, reason)`` when they are unusable. Never raises: this
-    runs inside the engine, where an exception would take the server down."""
+    runs inside the engine, where an exception would take the server down.
+
+    ``max_tokens`` (the model's context, tokens) bounds every token count a hint states: no
+    part of a request's history can be longer than the context (this also keeps one request
+    from dragging a per-kind running mean of returned tokens far off). The clock window of
+    ``arrival_s`` is the API server's check; here the arrival is only clamped (by the caller)
+    to the submission time.
+    """
     try:
-        return check_hints(extra, now_s), None
+        h = check_hints(extra)
     except HintError as e:
         return NO_HINTS, str(e)
     except Exception as e:  # noqa: BLE001 - whatever a client sent, the engine keeps serving
         return NO_HINTS, f"vllm_xargs: unreadable ({type(e).__name__})"
+    if max_tokens is not None:
+        counts = {"generated_tokens": h.generated_tokens,
+                  "return_lengths": max(h.return_lengths, default=0),
+                  "tools_schema_tokens": h.metadata.get("tools_schema_tokens", 0)}
+        for key, n in counts.items():
+            if n > max_tokens:
+                return NO_HINTS, (f"vllm_xargs.{key}: {n} tokens, more than the model's "
+                                  f"context of {max_tokens}")
+    return h, None
 
 
 def schema_table() -> str:

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from augserve.request import RequestView, State
-from augserve.vllm.hints import parse_hints
+from augserve.vllm.hints import MAX_SESSION_S, parse_hints
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,13 +120,16 @@ class ServedRuntime(VRuntime):
 
     __slots__ = ("hint_error",)
 
-    def __init__(self, vreq: Any, block_size: int, t0: float) -> None:
+    def __init__(self, vreq: Any, block_size: int, t0: float,
+                 max_model_len: int | None = None) -> None:
         sp = getattr(vreq, "sampling_params", None)
         submit_unix = float(vreq.arrival_time)
         hints, self.hint_error = parse_hints(
-            getattr(sp, "extra_args", None) if sp is not None else None, now_s=submit_unix)
+            getattr(sp, "extra_args", None) if sp is not None else None, max_model_len)
         submit = submit_unix - t0
-        arrival = submit if hints.arrival_s is None else min(hints.arrival_s - t0, submit)
+        arrival = submit  # a first turn in the future, or ages ago, cannot be believed
+        if hints.arrival_s is not None:
+            arrival = min(max(hints.arrival_s - t0, submit - MAX_SESSION_S), submit)
         info = RequestInfo(
             rid=vreq.request_id, arrival_s=arrival, prompt_tokens=int(vreq.num_prompt_tokens),
             aug_type=hints.aug_type, prompt_text=hints.prompt_text, metadata=hints.metadata,

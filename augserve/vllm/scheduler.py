@@ -410,7 +410,8 @@ class AugServeSchedulerMixin:
             if self._factory is not None:
                 rt = self._factory(request)
             if rt is None:
-                served = ServedRuntime(request, self.aug_info.block_size, self._t0)
+                served = ServedRuntime(request, self.aug_info.block_size, self._t0,
+                                       self.aug_info.max_model_len)
                 if served.hint_error is not None:
                     self._hints_ignored(rid, served.hint_error)
                 if served.tool_durations:  # a turn after a tool call: the policy learns of it

@@ -52,6 +52,10 @@ class HintValidator(V1LogitsProcessor, V2LogitsProcessor):
         except HintError as e:
             HINTS_REJECTED.labels(field=e.key if e.key in FIELDS else "other").inc()
             raise VLLMValidationError(str(e), parameter=f"vllm_xargs.{e.where}") from None
+        except Exception as e:  # noqa: BLE001 - a shape the schema did not foresee: still a 400
+            HINTS_REJECTED.labels(field="other").inc()
+            raise VLLMValidationError(f"vllm_xargs: unreadable ({type(e).__name__})",
+                                      parameter="vllm_xargs") from None
 
     # -- the logits side: nothing to do ----------------------------------------------------
     def is_argmax_invariant(self) -> bool:
