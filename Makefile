@@ -1,5 +1,5 @@
 # augserve: `make run` (set up + the default comparison) and `make test` (set up with the vllm
-# extra + all tests, the live-vLLM ones included).
+# and wandb extras + all tests, the live-vLLM and W&B ones included).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 # vLLM pulls torchvision/torchaudio/torchcodec despite the torch pin; they break CPU torch, and
 # triton is unused on CPU, so all four go (docs/vllm.md)
 $(VLLM_STAMP): $(STAMP)
-	$(PIP) -q -e ".[dev,$(VLLM_EXTRA)]"
+	$(PIP) -q -e ".[dev,wandb,$(VLLM_EXTRA)]"
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec $(if $(filter vllm,$(VLLM_EXTRA)),triton)
 	$(BIN)/python -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
 	touch $(VLLM_STAMP)
@@ -36,7 +36,7 @@ run: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python serve.py
 
 test: $(VLLM_STAMP)
-	WANDB_MODE=offline AUGSERVE_REQUIRE_VLLM=1 $(BIN)/python -m pytest
+	WANDB_MODE=offline AUGSERVE_REQUIRE_VLLM=1 AUGSERVE_REQUIRE_WANDB=1 $(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

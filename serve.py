@@ -36,15 +36,17 @@ def main(cfg: DictConfig) -> float:
     engine = instantiate(cfg.engine)
     workload = instantiate(cfg.workload)
     policies = {name: instantiate(p) for name, p in policies_cfg.items()}
-    logger = instantiate(cfg.logger, run_config=OmegaConf.to_container(cfg, resolve=True))
+    # partial: a run_config passed to instantiate would itself be instantiated (recursively:
+    # the engine, the policies, and a second logger)
+    logger = instantiate(cfg.logger, _partial_=True)(
+        run_config=OmegaConf.to_container(cfg, resolve=True))
     try:
         summaries = run_policies(
             workload, engine, policies, cfg.slo.spec, int(cfg.seed), out_dir,
             progress=bool(cfg.progress), plots=bool(cfg.plots), logger=logger,
         )
     finally:
-        if logger is not None:
-            logger.close()
+        logger.close()
     print(comparison_table(summaries))
     print(f"\nresults: {out_dir}  (comparison.md, summary.csv, ttft_cdf.png, goodput.png, "
           f"<policy>/requests.csv)")

@@ -62,8 +62,7 @@ def train_rl(cfg: DictConfig) -> float:
         res = train_agent(cfg.agent, out_dir, logger=logger,
                           progress=bool(cfg.get("progress", True)))
     finally:
-        if logger is not None:
-            logger.close()
+        logger.close()
     print(f"results: {out_dir} (learning_curve.png, learning_curve.csv, eval.md, eval.json); "
           f"checkpoint: {res['train']['checkpoint']}")
     return float(next(iter(res["settings"].values()))["ratio"])
@@ -191,18 +190,17 @@ def main(cfg: DictConfig) -> float:
     png = out_dir / "feature_importance.png"
     if importances:
         _plot_importance(importances, png)
-    if logger is not None:
-        try:
-            for setting, by_method in results.items():
-                for method, per in by_method.items():
-                    for src, m in per.items():
-                        logger.log_summary(f"{setting}/{method}/{src}", m)
-            for t, imp in importances.items():
-                logger.log_summary(f"importance/{t}", imp)
-            if importances:
-                logger.log_images({"feature_importance": png})
-        finally:
-            logger.close()
+    try:
+        for setting, by_method in results.items():
+            for method, per in by_method.items():
+                for src, m in per.items():
+                    logger.log_summary(f"{setting}/{method}/{src}", m)
+        for t, imp in importances.items():
+            logger.log_summary(f"importance/{t}", imp)
+        if importances:
+            logger.log_images({"feature_importance": png})
+    finally:
+        logger.close()
     print(f"wall time {elapsed:.1f} s; results: {out_dir} (metrics.json, metrics.md, "
           f"{png.name})" + (f"; artifact: {art_path}" if art_path else ""))
     within_all = results["within"].get(kind, {}).get("all", {})

@@ -110,17 +110,6 @@ class AugRequest:
         """Context length (tokens) when the request finishes."""
         return self.prompt_tokens + self.output_tokens + self.returned_tokens
 
-    def with_arrival(self, arrival_s: float, rid: str | None = None) -> AugRequest:
-        return AugRequest(
-            rid=self.rid if rid is None else rid,
-            arrival_s=arrival_s,
-            prompt_tokens=self.prompt_tokens,
-            segments=self.segments,
-            aug_type=self.aug_type,
-            prompt_text=self.prompt_text,
-            metadata=self.metadata,
-        )
-
     def fit_context(self, max_len: int) -> AugRequest:
         """Truncate the script so that the context never exceeds ``max_len`` tokens.
 
@@ -186,6 +175,8 @@ class EngineState(NamedTuple):
     last_step_s: float  # duration of the previous engine step
     step: int  # engine steps done so far
     running_prefill_tokens: int  # tokens running requests still have to prefill
+    #: tokens waiting requests had to prefill when they entered the queue (the prefill backlog)
+    waiting_prefill_tokens: int
     swap_budget_blocks: int  # blocks that can move GPU->CPU (and back) in the next step
     info: EngineInfo
 

@@ -12,9 +12,9 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from augserve.engine.base import Engine, RunResult
+from augserve.loggers import NULL_LOGGER, Logger
 from augserve.metrics import parse_slo, summarize, write_requests_csv, write_summary_json
 from augserve.report import comparison_table, plot_goodput, plot_ttft_cdf
 from augserve.request import AugRequest
@@ -50,7 +50,7 @@ def run_policies(
     out_dir: str | Path,
     progress: bool = True,
     plots: bool = True,
-    logger: Any = None,
+    logger: Logger = NULL_LOGGER,
 ) -> dict[str, dict]:
     """Run every policy on the same seeded stream; write results; return summaries by policy."""
     if not policies:
@@ -80,8 +80,7 @@ def run_policies(
         results[name] = result
         log.info("%s: goodput %.3f req/s, SLO attainment %.1f%% (%.1f s wall)",
                  name, s["goodput"], 100 * s["slo_attainment"], wall)
-        if logger is not None:
-            logger.log_summary(name, s)
+        logger.log_summary(name, s)
     with open(out / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
         w.writeheader()
@@ -91,6 +90,5 @@ def run_policies(
     if plots:
         plot_ttft_cdf({n: r.records for n, r in results.items()}, out / "ttft_cdf.png")
         plot_goodput(summaries, out / "goodput.png")
-        if logger is not None:
-            logger.log_images({"ttft_cdf": out / "ttft_cdf.png", "goodput": out / "goodput.png"})
+        logger.log_images({"ttft_cdf": out / "ttft_cdf.png", "goodput": out / "goodput.png"})
     return summaries

@@ -137,7 +137,7 @@ def state_at(info: EngineInfo, n: int, now: float) -> EngineState:
     return EngineState(now_s=now, free_blocks=info.total_blocks // 2, paused_blocks=0,
                        num_running=min(64, info.max_num_seqs - 1), num_waiting=n, num_paused=4,
                        last_step_s=0.03, step=int(now / 0.03), running_prefill_tokens=512,
-                       swap_budget_blocks=10, info=info)
+                       waiting_prefill_tokens=400 * n, swap_budget_blocks=10, info=info)
 
 
 def fill(pol, stream: Stream, info: EngineInfo, n: int) -> None:
@@ -163,7 +163,8 @@ def steps(pol, stream: Stream, info: EngineInfo, n: int, k: int) -> dict[str, fl
         t1 = clock()
         pol.on_intercept(call, st)
         t2 = clock()
-        pol.token_budget(st)  # rl_ckpt: the decision
+        pol.on_step(st)  # rl_ckpt: the decision
+        pol.token_budget(st)
         t3 = clock()
         admitted = list(itertools.islice(pol.candidates(st, lambda v: True), 4))[:2]
         for v in admitted:

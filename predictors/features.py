@@ -285,7 +285,3 @@ def rows_matrix(spec: FeatureSpec, rows: Iterable[ToolUseRow], at_call: int = 0)
     """Arrival (``at_call=0``) features of training rows."""
     return build_matrix(spec, [FeatureInput.from_row(r, at_call) for r in rows])
 
-
-def views_matrix(spec: FeatureSpec, views: Sequence[Any]) -> np.ndarray:
-    """Serving-time features of ``RequestView`` objects (runtime fields included)."""
-    return build_matrix(spec, [FeatureInput.from_view(v) for v in views])

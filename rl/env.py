@@ -75,12 +75,11 @@ class ActionPolicy(LearnedStage2):
     def decide(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
         raise RuntimeError("the env's policy only applies actions the env was given")
 
-    def token_budget(self, state) -> int:
+    def on_step(self, state) -> None:
         # the env observed this step's candidates just before: apply its action to them
         if self.action is not None:
             self.apply(*self.action)
             self.action = None
-        return self._budget
 
 
 class SchedulingEnv(gym.Env):
@@ -233,8 +232,20 @@ class SchedulingEnv(gym.Env):
     def result(self):
         """The engine's RunResult (records of every request, unfinished ones as far as they
         got). This ends the episode: the engine's run cannot go on after it."""
+        if self.run is None:
+            raise RuntimeError("no episode: call reset() first")
         self.alive = False
         return self.run.finish()
+
+    def close(self) -> None:
+        """End the episode in progress, if any, and release what its run holds (a live
+        engine aborts the run's requests and detaches the policy). ``reset()`` may follow."""
+        if self.run is not None and self.alive:
+            self.alive = False
+            self.run.finish()
+        self.run = None
+        self.policy = None
+        super().close()
 
 
 @functools.lru_cache(maxsize=4)

@@ -105,7 +105,8 @@ class LearnedStage2(AugServePolicy):
             arr = np.array(raw, dtype=np.float64)
             arr[:, PROMOTED] = [c.promoted for c in cands]
         return build_observation(self.spec, cands, state, len(self.queue),
-                                 self.backlog_tokens, rate, self._budget, self.ttft_s, raw=arr)
+                                 state.waiting_prefill_tokens, rate, self._budget, self.ttft_s,
+                                 raw=arr)
 
     def adjust_key(self, view: RequestView, key: float, state: EngineState) -> float:
         key = super().adjust_key(view, key, state)
@@ -135,10 +136,13 @@ class LearnedStage2(AugServePolicy):
         self._budget = self.spec.budget_bins[int(budget_bin)]
 
     # ------------------------------------------------------------------ policy interface
-    def token_budget(self, state: EngineState) -> int:
+    def on_step(self, state: EngineState) -> None:
+        """The network's decision, on the steps where a waiting request could be admitted."""
         if decision_pending(state):
             obs = self.observe(state)
             self.apply(*self.decide(obs))
+
+    def token_budget(self, state: EngineState) -> int:
         return self._budget
 
     def candidates(

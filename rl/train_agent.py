@@ -26,6 +26,8 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from augserve.loggers import NULL_LOGGER, Logger
+
 log = logging.getLogger(__name__)
 
 
@@ -222,7 +224,7 @@ def eval_table(res: Mapping[str, Any]) -> str:
 
 
 def train_agent(agent_cfg: DictConfig | Mapping[str, Any], out_dir: str | Path,
-                logger: Any = None, progress: bool = True) -> dict[str, Any]:
+                logger: Logger = NULL_LOGGER, progress: bool = True) -> dict[str, Any]:
     """Train the configured agent, save its checkpoint, evaluate it; returns eval.json's dict
     (plus ``train``: wall time, steps, checkpoint path)."""
     import torch
@@ -269,8 +271,7 @@ def train_agent(agent_cfg: DictConfig | Mapping[str, Any], out_dir: str | Path,
           f"{env_cfg['workload']}; net {num_parameters(ScorerNet(net_cfg))} parameters")
 
     def callback(row: dict[str, float]) -> None:
-        if logger is not None:
-            logger.log_summary("train", row)
+        logger.log_summary("train", row)
         if not progress:
             log.info("iter %d steps %d ret %.1f good %.1f late %.1f kl %.4f %.0f st/s",
                      row["iteration"], row["env_steps"], row["ep_return"], row["ep_good"],
@@ -297,9 +298,8 @@ def train_agent(agent_cfg: DictConfig | Mapping[str, Any], out_dir: str | Path,
     (out / "eval.json").write_text(json.dumps(res, indent=1, default=float) + "\n")
     (out / "eval.md").write_text(f"# RL (PPO) vs AugServe\n\n{table}\n\nTraining: "
                                  f"{train_info['env_steps']} decisions, {train_s:.0f} s wall.\n")
-    if logger is not None:
-        for name, s in res["settings"].items():
-            logger.log_summary(f"eval/{name}", {k: v for k, v in s.items()
-                                                 if isinstance(v, int | float)})
-        logger.log_images({"learning_curve": png})
+    for name, s in res["settings"].items():
+        logger.log_summary(f"eval/{name}", {k: v for k, v in s.items()
+                                             if isinstance(v, int | float)})
+    logger.log_images({"learning_curve": png})
     return res

@@ -100,7 +100,8 @@ def _state(free=1000, paused=0, running=10, last_step=0.02, total=10000) -> Engi
                       prefill_s_per_token=67e-6, step_floor_s=0.01, swap_bytes_per_s=1e10)
     return EngineState(now_s=0.0, free_blocks=free, paused_blocks=paused, num_running=running,
                        num_waiting=5, num_paused=0, last_step_s=last_step, step=0,
-                       running_prefill_tokens=0, swap_budget_blocks=10, info=info)
+                       running_prefill_tokens=0, waiting_prefill_tokens=0, swap_budget_blocks=10,
+                       info=info)
 
 
 def test_budget_moves_the_right_way() -> None:
@@ -152,11 +153,21 @@ def test_stage1_only_keeps_the_arrival_value() -> None:
     s1 = AugServePolicy(pred, 64, stage2=False, dynamic_budget=False)
     s2 = AugServePolicy(pred, 64)
     eng = make_sim_engine(constant_step_s=0.01)
+    at_leave = {}
+    leave = s1.on_leave
+
+    def record(view) -> None:
+        at_leave[view.rid] = s1._arrival_value[view.rid]
+        leave(view)
+
+    s1.on_leave = record  # type: ignore[method-assign]
     for p in (s1, s2):
         eng.run(reqs, p)
     # after the call the request re-entered the queue: Stage II re-predicted 50 left, Stage I
-    # still holds the arrival value (100 tokens)
-    assert s1._arrival_value["a"] > 99
+    # still holds the arrival value (100 tokens) when the request leaves
+    assert at_leave["a"] > 99
+    for p in (s1, s2):  # and forgets it then: per-request tables end empty
+        assert not p._arrival_value and not p._keys and not p.pred_cache
     assert s1.starve_after is None and s1.lookahead == 0 and s1.age_weight == 0
     assert s2.starve_after == 15.0
 

@@ -9,15 +9,15 @@ from hypothesis import strategies as st
 
 from augserve.engine.factory import make_sim_engine
 from augserve.request import AugRequest, EngineState, KVMode, RequestView, Segment, ToolCall
-from augserve.sched.base import Policy
 from augserve.sched.infercept import InferCeptPolicy
+from augserve.sched.keyed import KeyedPolicy
 from augserve.sched.oracle import OraclePolicy
 from augserve.sched.vllm import VLLMPolicy
 
 STEP = 0.01  # s, constant cost model
 
 
-class FixedMode(Policy):
+class FixedMode(KeyedPolicy):
     """FCFS with one KV mode for every call (test policy)."""
 
     def __init__(self, mode: KVMode, budget: int = 2048) -> None:

@@ -229,6 +229,23 @@ def test_termination_and_truncation():
         env.step(env.action_space.sample())
 
 
+def test_close_ends_the_episode_and_a_reset_follows():
+    env = make_default_env(**SMALL)
+    first, _ = env.reset(seed=2)
+    for _ in range(3):
+        env.step(env.action_space.sample())
+    env.close()
+    assert env.run is None and env.policy is None
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(env.action_space.sample())
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.result()
+    env.close()  # twice is fine
+    again, _ = env.reset(seed=2)
+    assert same_obs(first, again)
+    env.close()
+
+
 def test_invalid_actions():
     env = make_default_env(**SMALL)
     env.reset(seed=0)

@@ -77,10 +77,27 @@ def check_records(reqs: list[AugRequest], res) -> None:
         assert rec.kv_modes == ["vllm"] * r.num_calls
 
 
+class _Leaves(VLLMPolicy):
+    """VLLMPolicy that records when it is told a request left the engine."""
+
+    def reset(self, info) -> None:
+        super().reset(info)
+        self.left: list[str] = []
+
+    def on_leave(self, view) -> None:
+        assert view.generated_tokens == view.script.output_tokens  # only once it is done
+        self.left.append(view.rid)
+        super().on_leave(view)
+
+
 def test_engine_runs_a_scripted_workload(engine) -> None:
     reqs = script()
-    res = engine.run(reqs, VLLMPolicy(128))
+    pol = _Leaves(128)
+    pol.oracle = True  # to read the script in on_leave
+    res = engine.run(reqs, pol)
     check_records(reqs, res)
+    # each request leaves once, at its end, not at the end of every vLLM request (segment)
+    assert sorted(pol.left) == sorted(r.rid for r in reqs)
     by = {r.rid: r for r in res.records}
     # continuations reuse the cached prefix: r2 has 150 + 3 + 40 tokens before segment 1
     assert by["r2"].prefix_hit_tokens >= 128

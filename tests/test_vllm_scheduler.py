@@ -7,7 +7,7 @@ One in-process vLLM engine (tiny dummy Llama, 23 usable KV blocks of 32 tokens, 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -15,6 +15,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vll
 
 from augserve.request import EngineState, KVMode, RequestView  # noqa: E402
 from augserve.sched.base import Policy  # noqa: E402
+from augserve.sched.keyed import KeyedPolicy  # noqa: E402
 
 BLOCKS = 24  # allocated; one is vLLM's null block
 
@@ -65,7 +66,7 @@ def new_ids(sched) -> list[str]:
     return [r.req_id.rsplit("-", 1)[0] for r in sched.last_output.scheduled_new_reqs]
 
 
-class Recorder(Policy):
+class Recorder(KeyedPolicy):
     """Static keys from the ``rank`` hint; fixed budget; records what it is shown."""
 
     name = "recorder"
@@ -170,6 +171,9 @@ def test_policy_sees_free_blocks_and_engine_facts(llm) -> None:
     assert second.free_blocks == BLOCKS - 1 - 4
     assert second.num_running == 1 and second.num_waiting == 1 and second.step == 2
     assert second.last_step_s > 0
+    # the prefill backlog: each request's prompt while it waits, nothing once admitted
+    assert first.waiting_prefill_tokens == 100 and second.waiting_prefill_tokens == 10
+    assert s.waiting.waiting_prefill == 0
     drain(llm)
 
 
@@ -177,7 +181,6 @@ class Queue(Policy):
     """Owns its queue (FIFO); ``skip``: yield fitting requests before non-fitting ones."""
 
     name = "queue"
-    owns_queue = True
 
     def __init__(self, skip: bool) -> None:
         self.skip = skip
@@ -229,13 +232,25 @@ def test_head_of_line_and_fits(llm, skip: bool) -> None:
 
 
 class Dynamic(Policy):
-    """``order()`` each time: longest prompt first."""
+    """Re-sorts its queue whenever asked for candidates: longest prompt first."""
 
     name = "dynamic"
-    dynamic_order = True
 
-    def order(self, views: Sequence[RequestView], state: EngineState) -> list[str]:
-        return [v.rid for v in sorted(views, key=lambda v: -v.prompt_tokens)]
+    def __init__(self) -> None:
+        self.q: dict[str, RequestView] = {}
+
+    def on_enqueue(self, view: RequestView, state: EngineState) -> None:
+        self.q[view.rid] = view
+
+    def on_admit(self, view: RequestView) -> None:
+        self.q.pop(view.rid, None)
+
+    def on_leave(self, view: RequestView) -> None:
+        self.q.pop(view.rid, None)
+
+    def candidates(self, state: EngineState,
+                   fits: Callable[[RequestView], bool]) -> Iterator[RequestView]:
+        yield from sorted(self.q.values(), key=lambda v: -v.prompt_tokens)
 
     def token_budget(self, state: EngineState) -> int:
         return 256
@@ -244,7 +259,7 @@ class Dynamic(Policy):
         return KVMode.VLLM
 
 
-def test_dynamic_order(llm) -> None:
+def test_order_decided_per_step(llm) -> None:
     s = sched_of(llm)
     s.attach(Dynamic())
     add(llm, "short", 10)

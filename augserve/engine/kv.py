@@ -33,11 +33,6 @@ class BlockPool:
     def used(self) -> int:
         return self.total - self.free
 
-    @property
-    def cached_total(self) -> int:
-        """Free blocks that still hold a cached prefix."""
-        return sum(e[1] for e in self._owner.values())
-
     def cached(self, owner: str) -> int:
         """Leading full blocks of ``owner``'s context still in the pool."""
         e = self._owner.get(owner)

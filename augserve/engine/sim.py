@@ -83,6 +83,7 @@ class _Req:
         "submit_s", "wait_since_s", "preempted", "mode", "tool_durations", "return_lengths",
         "current_tool", "chunks", "in_decode", "j0", "c0", "g0", "epoch", "prev_computed",
         "recomp_left", "swap_out_left", "swap_in_left", "view", "seq", "gen", "run",
+        "wait_tokens",
     )
 
     def __init__(self, req: AugRequest, seq: int, oracle: bool, run: SimRun) -> None:
@@ -114,6 +115,7 @@ class _Req:
         self.j0 = self.c0 = self.g0 = 0
         self.epoch = 0
         self.prev_computed = 0  # high-water mark of computed tokens before KV was lost
+        self.wait_tokens = 0  # prefill tokens it entered the waiting queue with
         self.recomp_left = 0
         self.swap_out_left = 0
         self.swap_in_left = 0
@@ -215,8 +217,8 @@ class SimRun:
         self.swapping_out: dict[_Req, None] = {}
         self.paused: set[_Req] = set()
         self.paused_blocks = 0
-        self.wait_heap: list = []  # (key, seq, req, epoch) for static-key policies
         self.waiting: dict[_Req, None] = {}
+        self.waiting_prefill = 0  # Σ wait_tokens over waiting requests
         # lazy decode set
         self.n_dec = 0
         self.dec_ctx = 0  # Σ (computed + 1) over decoding requests at the next step
@@ -248,6 +250,7 @@ class SimRun:
             num_running=len(self.running), num_waiting=len(self.waiting),
             num_paused=len(self.paused), last_step_s=self.last_dt, step=self.k,
             running_prefill_tokens=sum(r.ctx - r.computed for r in self.prefill),
+            waiting_prefill_tokens=self.waiting_prefill,
             swap_budget_blocks=self.swap_budget(), info=self.info,
         )
 
@@ -265,12 +268,9 @@ class SimRun:
         r.state = State.WAITING
         r.wait_since_s = t
         self.waiting[r] = None
-        if self.policy.owns_queue:
-            self.policy.on_enqueue(r.view, self.state())
-        elif not self.policy.dynamic_order:
-            r.epoch += 1
-            key = self.policy.priority(r.view, self.state())
-            heapq.heappush(self.wait_heap, (key, r.seq, r, r.epoch))
+        r.wait_tokens = max(r.ctx - r.computed, 0)
+        self.waiting_prefill += r.wait_tokens
+        self.policy.on_enqueue(r.view, self.state())
 
     # -- lazy decode set
     def dec_join(self, r: _Req) -> None:
@@ -379,7 +379,9 @@ class SimRun:
         # 2. running prefills, in admission order
         sched: list[tuple[_Req, int]] = []
         if self.prefill or self.waiting:
-            budget = int(self.policy.token_budget(self.state()))
+            state = self.state()
+            self.policy.on_step(state)
+            budget = int(self.policy.token_budget(state))
             budget = max(1, min(budget, cfg.max_num_batched_tokens))
             room = budget - self.n_dec
             for r in list(self.prefill):
@@ -469,27 +471,12 @@ class SimRun:
         return hit, c, self.nblocks(base + c) - r.blocks - hit
 
     def candidates(self, room_ref: list[int]):
-        """Waiting requests in the order admission tries them (lazily)."""
-        pol = self.policy
-        if pol.owns_queue:
-            def fits(view: RequestView) -> bool:
-                hit, _, add = self.need(view._r, room_ref[0])
-                return add <= self.pool.free - hit
-            for v in pol.candidates(self.state(), fits):
-                yield v._r
-        elif pol.dynamic_order:
-            by_rid = {r.req.rid: r for r in self.waiting}
-            for rid in pol.order([r.view for r in self.waiting], self.state()):
-                yield by_rid[rid]
-        else:
-            heap = self.wait_heap
-            while True:
-                while heap and (heap[0][2].epoch != heap[0][3]
-                                or heap[0][2].state is not State.WAITING):
-                    heapq.heappop(heap)
-                if not heap:
-                    return
-                yield heap[0][2]  # popped by admit once admitted
+        """Waiting requests in the policy's order (lazily)."""
+        def fits(view: RequestView) -> bool:
+            hit, _, add = self.need(view._r, room_ref[0])
+            return add <= self.pool.free - hit
+        for v in self.policy.candidates(self.state(), fits):
+            yield v._r
 
     def admit(self, room: int, sched: list) -> int:
         pool = self.pool
@@ -504,8 +491,6 @@ class SimRun:
             hit, c, add = self.need(r, room_ref[0])
             if add > pool.free - hit:
                 break  # head-of-line: vLLM stops admitting at the first request that does not fit
-            if not pol.owns_queue and not pol.dynamic_order:
-                heapq.heappop(self.wait_heap)
             if hit:
                 pool.touch(r.req.rid, hit)
                 r.blocks += hit
@@ -516,12 +501,12 @@ class SimRun:
             pool.allocate(add)
             r.blocks += add
             del self.waiting[r]
+            self.waiting_prefill -= r.wait_tokens
             r.state = State.RUNNING
             r.preempted = False
             self.running[r] = None
             self.prefill[r] = None
-            if pol.owns_queue:
-                pol.on_admit(r.view)
+            pol.on_admit(r.view)
             if r.cpu_blocks:
                 r.swap_in_left = r.cpu_blocks
                 self.swapping_in[r] = None
@@ -689,6 +674,7 @@ class SimRun:
         r.rec.finish_s = t
         self.n_finished += 1
         self.done_log.append(r)
+        self.policy.on_leave(r.view)
         if self.pbar is not None:
             self.pbar.update(1)
 
@@ -735,7 +721,8 @@ class SimRun:
         return True
 
     def audit(self) -> None:
-        """Check KV accounting: blocks held + free == total, nothing negative or over."""
+        """Check KV accounting (blocks held + free == total, nothing negative or over) and the
+        prefill backlog."""
         pool = self.pool
         held = 0
         for r in self.reqs:
@@ -751,6 +738,9 @@ class SimRun:
         swapped = sum(r.cpu_blocks + r.swap_out_left for r in self.reqs)
         if abs(swapped * self.bs * self.info.kv_bytes_per_token - self.swap_used_bytes) > 1e-6:
             raise AssertionError(f"swap space {self.swap_used_bytes} B != {swapped} blocks held")
+        backlog = sum(r.ctx - r.computed for r in self.waiting)
+        if backlog != self.waiting_prefill:
+            raise AssertionError(f"prefill backlog {self.waiting_prefill} != {backlog} waiting")
 
     # ------------------------------------------------------------------ results
     def finish(self) -> RunResult:

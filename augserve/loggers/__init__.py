@@ -5,12 +5,37 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 
-def none_logger(run_config: Mapping[str, Any] | None = None) -> None:
-    """No tracker: runs still write their files."""
-    return None
+class Logger(Protocol):
+    """What runs tell an experiment tracker."""
+
+    def log_summary(self, policy: str, summary: Mapping[str, Any]) -> None: ...
+
+    def log_images(self, images: Mapping[str, str | Path]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NullLogger:
+    """No tracker (``logger=none``): runs still write their files."""
+
+    def __init__(self, run_config: Mapping[str, Any] | None = None) -> None:
+        pass
+
+    def log_summary(self, policy: str, summary: Mapping[str, Any]) -> None:
+        pass
+
+    def log_images(self, images: Mapping[str, str | Path]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+#: the logger of calls that are given none
+NULL_LOGGER = NullLogger()
 
 
 class WandbLogger:
@@ -36,3 +61,6 @@ class WandbLogger:
 
     def close(self) -> None:
         self.run.finish()
+
+#: the name configs saved before NullLogger use (e.g. data/predictors/lgbm/config.yaml)
+none_logger = NullLogger

@@ -2,7 +2,8 @@
 
 from augserve.sched.base import Policy
 from augserve.sched.infercept import InferCeptPolicy
+from augserve.sched.keyed import KeyedPolicy
 from augserve.sched.oracle import OraclePolicy
 from augserve.sched.vllm import VLLMPolicy
 
-__all__ = ["Policy", "VLLMPolicy", "InferCeptPolicy", "OraclePolicy"]
+__all__ = ["Policy", "KeyedPolicy", "VLLMPolicy", "InferCeptPolicy", "OraclePolicy"]

@@ -108,6 +108,13 @@ class AugServePolicy(ValueQueuePolicy):
         self._keys: dict[str, float] = {}
         self.pred_cache: dict[str, tuple[float, float, float, float]] = {}
 
+    def on_leave(self, view: RequestView) -> None:
+        super().on_leave(view)
+        # what the policy kept per request: bounded by the requests in the engine
+        self._arrival_value.pop(view.rid, None)
+        self._keys.pop(view.rid, None)
+        self.pred_cache.pop(view.rid, None)
+
     # ------------------------------------------------------------------ SLO deadlines
     def adjust_key(self, view: RequestView, key: float, state: EngineState) -> float:
         if self.ttft_s is not None and view.generated_tokens == 0:
@@ -167,7 +174,7 @@ class AugServePolicy(ValueQueuePolicy):
     def token_budget(self, state: EngineState) -> int:
         if not self.dynamic:
             return self.n_max
-        return self.budget_rule(state, self.backlog_tokens)
+        return self.budget_rule(state, state.waiting_prefill_tokens)
 
     def on_tool_return(self, view: RequestView, duration_s: float) -> None:
         if view.observed_return_tokens:

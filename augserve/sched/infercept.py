@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from augserve.request import EngineInfo, EngineState, KVMode, RequestView
-from augserve.sched.base import Policy
+from augserve.sched.keyed import KeyedPolicy
 from augserve.sched.kind_means import KindMeans
 from augserve.sched.minwaste import min_waste
 
 
-class InferCeptPolicy(Policy):
+class InferCeptPolicy(KeyedPolicy):
     """InferCept (Abhyankar et al., ICML'24) on an iteration-level engine.
 
     The tool duration is not known at the call; it is estimated as the mean of the durations

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from augserve.request import EngineState, KVMode, RequestView
-from augserve.sched.base import Policy
+from augserve.sched.keyed import KeyedPolicy
 from augserve.sched.minwaste import min_waste
 
 
-class OraclePolicy(Policy):
+class OraclePolicy(KeyedPolicy):
     """Reads each request's script (``oracle=True``) to order by remaining service.
 
     Remaining service in engine iterations: one per remaining decode token, ``1/budget`` per

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from augserve.predictor import Predictor, predict_tool_s, reset_predictor
 from augserve.request import EngineInfo, EngineState, KVMode, RequestView
-from augserve.sched.base import Policy
+from augserve.sched.keyed import KeyedPolicy
 from augserve.sched.minwaste import min_waste
 from augserve.sched.queue_policy import check_predictor
 
 
-class PredictedSJFPolicy(Policy):
+class PredictedSJFPolicy(KeyedPolicy):
     """Order the waiting queue by predicted remaining service (lower first)."""
 
     name = "predicted_sjf"

@@ -32,7 +32,6 @@ def check_predictor(name: str, predictor: object) -> Predictor:
 class ValueQueuePolicy(Policy):
     """Owns the waiting queue: a :class:`ValueQueue` fed in batches."""
 
-    owns_queue = True
     #: waiting-time clock: "s" (seconds) or "steps" (engine steps)
     clock_unit: str = "s"
 
@@ -49,8 +48,7 @@ class ValueQueuePolicy(Policy):
     def _reset_queue(self) -> None:
         self.queue = ValueQueue(self.starve_after)
         self._pending: list[tuple[RequestView, float]] = []
-        self._backlog: dict[str, int] = {}  # rid -> prefill tokens it waits with
-        self.backlog_tokens = 0
+        self._waiting: set[str] = set()  # rids in the queue (valued or pending)
         self._tier_offer: str | None = None  # rid offered on this step's tier turn
         self._tier_last = -float("inf")  # clock of the last admission from the tier
         self._tier_clock = 0.0
@@ -69,16 +67,19 @@ class ValueQueuePolicy(Policy):
 
     def on_enqueue(self, view: RequestView, state: EngineState) -> None:
         self._pending.append((view, self.clock(state)))
-        tokens = max(view.context_tokens - view.computed_tokens, 0)
-        self.backlog_tokens += tokens - self._backlog.get(view.rid, 0)
-        self._backlog[view.rid] = tokens
+        self._waiting.add(view.rid)
 
     def on_admit(self, view: RequestView) -> None:
         if view.rid == self._tier_offer:
             self._tier_last = self._tier_clock
             self._tier_offer = None
         self.queue.remove(view.rid)
-        self.backlog_tokens -= self._backlog.pop(view.rid, 0)
+        self._waiting.discard(view.rid)
+
+    def on_leave(self, view: RequestView) -> None:
+        if view.rid in self._waiting:  # aborted while waiting (maybe not valued yet)
+            self._pending = [(v, t) for v, t in self._pending if v.rid != view.rid]
+            self.on_admit(view)
 
     def _flush(self, state: EngineState) -> None:
         if not self._pending:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from augserve.request import EngineState, KVMode, RequestView
-from augserve.sched.base import Policy
+from augserve.sched.keyed import KeyedPolicy
 
 
-class VLLMPolicy(Policy):
+class VLLMPolicy(KeyedPolicy):
     """First come, first served by submission time; a continuation after a tool call is a new
     submission at the tail. Preempted requests go back to the front, most recent first (V1's
     ``waiting.prepend_request``)."""

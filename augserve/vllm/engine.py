@@ -102,6 +102,9 @@ class _Live(VRuntime):
         self.prev_computed = max(self.prev_computed, computed_tokens)
         self.run.stats["preemptions"] += 1
 
+    def ends_request(self) -> bool:
+        return self.req.segments[self.seg_idx].call is None
+
     def on_admit(self, hit_tokens: int) -> None:
         self.rec.prefix_hit_tokens += hit_tokens
         self.run.stats["prefix_hit_tokens"] += hit_tokens

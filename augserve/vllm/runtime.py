@@ -110,6 +110,11 @@ class VRuntime:
     def on_admit(self, hit_tokens: int) -> None:
         """vLLM admitted the request; ``hit_tokens`` came from the prefix cache."""
 
+    def ends_request(self) -> bool:
+        """Whether the current vLLM request finishing ends the augserve request (a served
+        request: always; a scripted one: on its last segment)."""
+        return True
+
 
 class ServedRuntime(VRuntime):
     """A request served by a vLLM server; hints from ``SamplingParams.extra_args``.

@@ -2,17 +2,17 @@
 
 Each ``schedule()``:
 
-1. the policy's token budget (``Policy.token_budget``) becomes ``self.max_num_scheduled_tokens``
-   (clipped to ``max_num_batched_tokens``, and never below the number of decoding requests:
-   decodes always run, as in :class:`~augserve.engine.sim.SimEngine`); it is asked only on
-   steps where prefill work could be scheduled;
+1. after ``Policy.on_step``, the policy's token budget (``Policy.token_budget``) becomes
+   ``self.max_num_scheduled_tokens`` (clipped to ``max_num_batched_tokens``, and never below the
+   number of decoding requests: decodes always run, as in
+   :class:`~augserve.engine.sim.SimEngine`); both are called only on steps where prefill work
+   could be scheduled;
 2. vLLM's own loop runs unchanged over ``self.waiting``, which is a :class:`PolicyQueue`: every
    ``peek_request`` asks the policy for its next candidate, lazily, at the moment vLLM's waiting
-   loop wants one. Policies with static keys get a heap, dynamic ones ``order()``, policy-owned
-   queues ``candidates(state, fits)`` where ``fits(view)`` checks the request's next chunk
-   (after prefix-cache hits) against the free blocks *now*. vLLM stops at the first request
-   whose blocks do not fit (its head-of-line rule), so a policy that wants to pass over such a
-   request yields a fitting one first, exactly as with the simulator.
+   loop wants one, from ``Policy.candidates(state, fits)``, where ``fits(view)`` checks the
+   request's next chunk (after prefix-cache hits) against the free blocks *now*. vLLM stops at
+   the first request whose blocks do not fit (its head-of-line rule), so a policy that wants to
+   pass over such a request yields a fitting one first, exactly as with the simulator.
 
 The policy sees a read-only :class:`~augserve.request.EngineState` (free/total blocks, running
 and waiting counts, the last step's duration, prefill work of running requests) and
@@ -28,7 +28,6 @@ Use :class:`AugServeAsyncScheduler` for serving (async scheduling on) and
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import time
@@ -90,14 +89,12 @@ class PolicyQueue(RequestQueue):
     def __init__(self, sched: AugServeSchedulerMixin) -> None:
         self._s = sched
         self._members: dict[str, Request] = {}
-        self._heap: list[tuple[Any, int, str]] = []  # static keys: (key, seq, request id)
-        self._epoch: dict[str, int] = {}  # request id -> seq of its live heap entry
-        self._seq = 0
         self._in_pass = False
         self._gen: Iterator[Request | None] | None = None
         self._peeked: Request | None = None
         self._popped: dict[str, bool] = {}  # popped this pass -> policy told on_admit
-        self._popped_key: dict[str, Any] = {}
+        self._wait_tokens: dict[str, int] = {}  # rid -> prefill tokens it entered with
+        self.waiting_prefill = 0  # their sum (EngineState.waiting_prefill_tokens)
         self._hit: dict[str, tuple[int, int]] = {}  # id -> (hit tokens, hit blocks to take)
         self.room = 0  # estimated token budget left for admissions in this pass
 
@@ -107,7 +104,6 @@ class PolicyQueue(RequestQueue):
         self._gen = None
         self._peeked = None
         self._popped.clear()
-        self._popped_key.clear()
         self._hit.clear()
         self.room = room
 
@@ -118,10 +114,6 @@ class PolicyQueue(RequestQueue):
         self._peeked = None
         popped = dict(self._popped)
         self._popped.clear()
-        self._popped_key.clear()
-        for rid in popped:
-            if rid not in self._members:
-                self._epoch.pop(rid, None)
         return popped
 
     # ------------------------------------------------------------------ policy plumbing
@@ -129,15 +121,21 @@ class PolicyQueue(RequestQueue):
     def policy(self) -> Policy:
         return self._s.aug_policy
 
-    def _notify_enqueue(self, request: Request, rt: VRuntime) -> None:
-        pol = self.policy
-        if pol.owns_queue:
-            pol.on_enqueue(rt.view, self._s.engine_state())
-        elif not pol.dynamic_order:
-            key = pol.priority(rt.view, self._s.engine_state())
-            self._seq += 1
-            self._epoch[request.request_id] = self._seq
-            heapq.heappush(self._heap, (key, self._seq, request.request_id))
+    # the policy's queue calls, with the engine's prefill backlog kept beside them
+    def enqueue(self, rt: VRuntime) -> None:
+        v = rt.view
+        tokens = max(v.context_tokens - v.computed_tokens, 0)
+        self.waiting_prefill += tokens - self._wait_tokens.get(v.rid, 0)
+        self._wait_tokens[v.rid] = tokens
+        self.policy.on_enqueue(v, self._s.engine_state())
+
+    def admitted(self, rt: VRuntime) -> None:
+        self.waiting_prefill -= self._wait_tokens.pop(rt.view.rid, 0)
+        self.policy.on_admit(rt.view)
+
+    def left(self, rt: VRuntime) -> None:
+        self.waiting_prefill -= self._wait_tokens.pop(rt.view.rid, 0)
+        self.policy.on_leave(rt.view)
 
     def _enter(self, request: Request) -> None:
         rid = request.request_id
@@ -145,17 +143,13 @@ class PolicyQueue(RequestQueue):
         rt = s.runtime(request)
         self._members[rid] = request
         if self._in_pass and rid in self._popped:
-            # popped by vLLM's loop in this pass and put back (skipped): undo the pop
-            told = self._popped.pop(rid)
-            if rid in self._popped_key:
-                key, seq = self._popped_key.pop(rid)
-                self._epoch[rid] = seq
-                heapq.heappush(self._heap, (key, seq, rid))
-            elif told or not (self.policy.owns_queue or self.policy.dynamic_order):
-                self._notify_enqueue(request, rt)
+            # popped by vLLM's loop in this pass and put back (skipped): undo the pop; the
+            # policy still holds it unless it was told of an admission
+            if self._popped.pop(rid):
+                self.enqueue(rt)
             return
         rt.on_wait(s.now(), request.status == RequestStatus.PREEMPTED)
-        self._notify_enqueue(request, rt)
+        self.enqueue(rt)
         if s.trace is not None:
             v = rt.view
             s.trace_event({
@@ -183,49 +177,20 @@ class PolicyQueue(RequestQueue):
             return False
         return self._s.blocks_to_admit(req, self.hit(req), self.room) <= self._s.free_for_admit()
 
-    def _candidates(self) -> Iterator[Request | None]:
-        pol = self.policy
-        s = self._s
-        if pol.owns_queue:
-            for view in pol.candidates(s.engine_state(), self.fits):
-                req = _vreq(view)
-                if req is not None and req.request_id in self._members:
-                    yield req
-        elif pol.dynamic_order:
-            by_rid = {}
-            views = []
-            for req in self._members.values():
-                rt = s.runtime(req)
-                by_rid[rt.view.rid] = req
-                views.append(rt.view)
-            for rid in pol.order(views, s.engine_state()):
-                req = by_rid.get(rid)
-                if req is not None and req.request_id in self._members:
-                    yield req
-
-    def _static_top(self) -> Request | None:
-        heap = self._heap
-        while heap:
-            _, seq, rid = heap[0]
-            if rid in self._members and self._epoch.get(rid) == seq:
-                return self._members[rid]
-            heapq.heappop(heap)
-        return None
+    def _candidates(self) -> Iterator[Request]:
+        for view in self.policy.candidates(self._s.engine_state(), self.fits):
+            req = _vreq(view)
+            if req is not None and req.request_id in self._members:
+                yield req
 
     def _next(self) -> Request | None:
         if self._peeked is not None and self._peeked.request_id in self._members:
             return self._peeked
-        pol = self.policy
         if not self._in_pass:
-            if not pol.owns_queue and not pol.dynamic_order:
-                return self._static_top()
             return next(iter(self._members.values()), None)
-        if not pol.owns_queue and not pol.dynamic_order:
-            self._peeked = self._static_top()
-        else:
-            if self._gen is None:
-                self._gen = self._candidates()
-            self._peeked = next(self._gen, None)
+        if self._gen is None:
+            self._gen = self._candidates()
+        self._peeked = next(self._gen, None)
         if self._peeked is not None:
             self.hit(self._peeked)  # before vLLM allocates: its blocks get cached on allocation
         return self._peeked
@@ -254,23 +219,12 @@ class PolicyQueue(RequestQueue):
         rid = req.request_id
         del self._members[rid]
         self._peeked = None
-        pol = self.policy
-        told = False
         admitted = req.status not in _BLOCKED and not (
             req.num_stale_output_tokens and not req.drop_stale_output)
-        if pol.owns_queue:
-            if admitted:
-                pol.on_admit(self._s.runtime(req).view)
-                told = True
-        elif not pol.dynamic_order:
-            top = self._heap[0] if self._heap else None
-            if top is not None and top[2] == rid and self._epoch.get(rid) == top[1]:
-                heapq.heappop(self._heap)
-                self._popped_key[rid] = (top[0], top[1])
-            else:  # not on top (cannot happen in vLLM's loop): invalidate its entry
-                self._epoch.pop(rid, None)
+        if admitted:
+            self.admitted(self._s.runtime(req))
         if self._in_pass:
-            self._popped[rid] = told
+            self._popped[rid] = admitted
             if admitted:
                 hit = self._hit.get(rid, (0, 0))[0] if req.num_computed_tokens == 0 else (
                     req.num_computed_tokens)
@@ -281,13 +235,9 @@ class PolicyQueue(RequestQueue):
         self.remove_requests((request,))
 
     def remove_requests(self, requests: Iterable[Request]) -> None:
-        pol = self.policy
         for r in list(requests):
-            if self._members.pop(r.request_id, None) is None:
-                continue
-            self._epoch.pop(r.request_id, None)
-            if pol.owns_queue:  # tell the policy it left the queue (finished or aborted)
-                pol.on_admit(self._s.runtime(r).view)
+            if self._members.pop(r.request_id, None) is not None:  # aborted while waiting
+                self.left(self._s.runtime(r))
 
     def __bool__(self) -> bool:
         if self._in_pass:
@@ -487,6 +437,7 @@ class AugServeSchedulerMixin:
             paused_blocks=paused_blocks, num_running=len(running),
             num_waiting=len(s.waiting) + len(s.kv_holding_waiting), num_paused=n_paused,
             last_step_s=self._last_step_s, step=self._steps, running_prefill_tokens=pf,
+            waiting_prefill_tokens=s.waiting.waiting_prefill,
             swap_budget_blocks=0, info=self.aug_info,
         )
 
@@ -514,7 +465,9 @@ class AugServeSchedulerMixin:
         queue: PolicyQueue = s.waiting
         n_dec = sum(1 for r in running if not r.is_prefill_chunk)
         if len(queue) or n_dec < len(running):  # prefill work could be scheduled
-            b = int(self.aug_policy.token_budget(self.engine_state()))
+            state = self.engine_state()
+            self.aug_policy.on_step(state)
+            b = int(self.aug_policy.token_budget(state))
             budget = min(self._cap, max(1, b, n_dec))
         else:
             budget = self._cap
@@ -532,8 +485,8 @@ class AugServeSchedulerMixin:
             if req is None or req.status != RequestStatus.RUNNING or rid not in nst:
                 continue
             rt = self.runtime(req)
-            if not told and self.aug_policy.owns_queue:
-                self.aug_policy.on_admit(rt.view)
+            if not told:  # popped while blocked, then scheduled
+                queue.admitted(rt)
             rt.on_admit(req.num_computed_tokens - nst[rid])
             if self.trace is not None:
                 self.trace_event({
@@ -581,7 +534,11 @@ class AugServeSchedulerMixin:
             rt.on_preempt(computed)
 
     def _free_request(self, request: Request, *args: Any, **kwargs: Any) -> Any:
-        self._rt.pop(request.request_id, None)
+        rt = self._rt.pop(request.request_id, None)
+        if rt is not None and (rt.ends_request()
+                               or request.status == RequestStatus.FINISHED_ABORTED):
+            s: Any = self
+            s.waiting.left(rt)
         return super()._free_request(request, *args, **kwargs)  # type: ignore[misc]
 
 

@@ -8,8 +8,6 @@ tool kinds, types) and multiplies every length and every tool duration.
 
 from __future__ import annotations
 
-from typing import Any
-
 from augserve.request import AugRequest, Segment, ToolCall
 from augserve.workload.base import Workload
 
@@ -50,8 +48,3 @@ class ScaledWorkload(Workload):
             out = [r.fit_context(self.max_model_len) for r in out]
         return out
 
-
-def make_scaled(workload: Workload | Any, length_scale: float = 1.0, tool_scale: float = 1.0,
-                max_model_len: int | None = None) -> ScaledWorkload:
-    """Hydra-friendly factory: ``workload`` is an instantiated workload config."""
-    return ScaledWorkload(workload, length_scale, tool_scale, max_model_len)
