@@ -41,15 +41,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from augserve.records import RequestRecord
+from augserve.slo import SLOSpec, meets, parse_slo, slo_values
 
 if TYPE_CHECKING:
     from augserve.engine.base import RunResult
-
-#: SLO keys: vLLM's ``--goodput`` keys (ttft, tpot, e2el) plus augserve's norm and e2el_no_tool.
-#: Thresholds are in ms (``norm``: ms per output token).
-SLO_KEYS: tuple[str, ...] = ("ttft", "tpot", "e2el", "norm", "e2el_no_tool")
-
-SLOSpec = str | Sequence[str] | Mapping[str, float] | None
 
 #: Latency metrics summarized with mean/median/std/p90/p99 (all in ms).
 LATENCY_METRICS: tuple[str, ...] = (
@@ -82,44 +77,6 @@ CSV_COLUMNS: tuple[str, ...] = (
     "prefix_hit_tokens",
     "meets_slo",
 )
-
-
-# --------------------------------------------------------------------------------------- SLO
-
-
-def parse_slo(spec: SLOSpec) -> dict[str, float]:
-    """Parse an SLO into ``{metric: threshold_ms}``.
-
-    Accepts vLLM's ``--goodput`` form ``"ttft:1000 tpot:50 e2el:20000"`` (space or comma
-    separated), a list of ``"key:value"`` strings, a mapping, or ``None``/``""`` (no SLO).
-    Keys: ``ttft``, ``tpot``, ``e2el``, ``e2el_no_tool`` (ms) and ``norm`` (ms per output
-    token). Raises ``ValueError`` naming the key on an unknown key or a non-numeric or
-    non-positive value.
-    """
-    if spec is None:
-        return {}
-    pairs: list[tuple[str, Any]] = []
-    if isinstance(spec, Mapping):
-        pairs = [(str(k), v) for k, v in spec.items()]
-    else:
-        items = spec.replace(",", " ").split() if isinstance(spec, str) else list(spec)
-        for item in items:
-            key, sep, value = str(item).partition(":")
-            if not sep:
-                raise ValueError(f"SLO item {item!r}: expected 'key:value' (value in ms)")
-            pairs.append((key.strip(), value.strip()))
-    out: dict[str, float] = {}
-    for key, value in pairs:
-        if key not in SLO_KEYS:
-            raise ValueError(f"SLO key {key!r} unknown; expected one of {', '.join(SLO_KEYS)}")
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"SLO {key!r}: value {value!r} is not a number (ms)") from None
-        if not math.isfinite(v) or v <= 0:
-            raise ValueError(f"SLO {key!r}: value {value!r} must be a positive number (ms)")
-        out[key] = v
-    return out
 
 
 # ------------------------------------------------------------------------- per-request values
@@ -208,20 +165,8 @@ class _Columns:
         return gaps[keep]
 
     def meets(self, slo: Mapping[str, float]) -> np.ndarray:
-        """Which requests meet every SLO (unfinished requests never do; NaN fails)."""
-        ok = self.finished.copy()
-        values = {
-            "ttft": self.ttft,
-            # vLLM: a request with ≤ 1 output token has TPOT 0 for the goodput check.
-            "tpot": np.where(self.ntok > 1, self.tpot, 0.0),
-            "e2el": self.e2el,
-            "e2el_no_tool": self.e2el_no_tool,
-            "norm": self.norm,
-        }
-        with np.errstate(invalid="ignore"):
-            for key, thr_ms in slo.items():
-                ok &= values[key] <= thr_ms / 1000.0
-        return ok
+        """Which requests meet every SLO (:func:`augserve.slo.meets`)."""
+        return meets(slo_values(self.ttft, self.e2el, self.tool, self.ntok), slo) & self.finished
 
 
 def _num(x: float) -> float | None:

@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from augserve.request import RequestView
+from augserve.contract import RequestView
 
 
 @dataclass(frozen=True, slots=True)

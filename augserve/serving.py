@@ -15,10 +15,11 @@ from pathlib import Path
 
 from augserve.engine.base import Engine, RunResult
 from augserve.loggers import NULL_LOGGER, Logger
-from augserve.metrics import parse_slo, summarize, write_requests_csv, write_summary_json
+from augserve.metrics import summarize, write_requests_csv, write_summary_json
 from augserve.report import comparison_table, plot_goodput, plot_ttft_cdf
 from augserve.request import AugRequest
 from augserve.sched.base import Policy
+from augserve.slo import parse_slo
 from augserve.workload.base import Workload
 
 log = logging.getLogger(__name__)

@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from augserve.contract import EngineInfo, EngineState, RequestView, State
 from augserve.engine.factory import make_sim_engine
 from augserve.predictor import Prediction
-from augserve.request import AugRequest, EngineInfo, EngineState, RequestView, State
+from augserve.request import AugRequest
 from augserve.sched.augserve import AugServePolicy
 
 ROOT = Path(__file__).resolve().parents[1]

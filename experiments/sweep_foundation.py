@@ -18,10 +18,11 @@ import numpy as np
 from tqdm import tqdm
 
 from augserve.engine.factory import make_sim_engine
-from augserve.metrics import parse_slo, summarize
+from augserve.metrics import summarize
 from augserve.report import plot_goodput_vs_rate
 from augserve.sched import InferCeptPolicy, OraclePolicy, VLLMPolicy
 from augserve.serving import prepare_requests
+from augserve.slo import parse_slo
 from augserve.workload import make_infercept_json
 
 ROOT = Path(__file__).resolve().parents[1]

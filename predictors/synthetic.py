@@ -74,7 +74,7 @@ class FakeRuntime:
     """The engine-side fields a ``RequestView`` reads, frozen after ``k`` returned calls."""
 
     def __init__(self, req: Any, k: int = 0) -> None:
-        from augserve.request import State
+        from augserve.contract import State
 
         self.req = req
         self.state = State.WAITING
@@ -90,6 +90,6 @@ class FakeRuntime:
 
 def view_of(row: ToolUseRow, at_call: int = 0) -> Any:
     """A ``RequestView`` of ``row`` after ``at_call`` returned calls."""
-    from augserve.request import RequestView
+    from augserve.contract import RequestView
 
     return RequestView(FakeRuntime(row_to_request(row), at_call))

@@ -52,9 +52,9 @@ import numpy as np
 from gymnasium import spaces
 
 from augserve.engine.base import Engine
-from augserve.metrics import parse_slo
 from augserve.predictor import Predictor
 from augserve.serving import prepare_requests
+from augserve.slo import meets, parse_slo, slo_values
 from augserve.workload.base import Workload
 from rl.obs import OBS_HIGH, ObsSpec
 from rl.policy import LearnedStage2
@@ -133,16 +133,13 @@ class SchedulingEnv(gym.Env):
 
     def _meets(self, r) -> bool:
         """Does finished request ``r`` meet the SLO? (Live engine state: records get their
-        token arrays only at the end of a run.) As ``augserve.metrics._Columns.meets``."""
+        token arrays only at the end of a run.) :mod:`augserve.slo`, as the metrics."""
         rec, n = r.rec, r.gen
         if not rec.finished or n == 0:
             return False
         ttft = r.chunks[0] - rec.arrival_s  # the first token always comes from a prefill
-        e2el = rec.finish_s - rec.arrival_s
-        e2el_no_tool = e2el - rec.tool_time_s
-        vals = {"ttft": ttft, "tpot": (e2el - ttft) / (n - 1) if n > 1 else 0.0, "e2el": e2el,
-                "e2el_no_tool": e2el_no_tool, "norm": e2el_no_tool / n}
-        return all(vals[key] <= lim / 1000.0 for key, lim in self.slo.items())
+        values = slo_values(ttft, rec.finish_s - rec.arrival_s, rec.tool_time_s, n)
+        return bool(meets(values, self.slo))
 
     def _late_sweep(self, final: bool) -> int:
         """TTFT misses that became certain: deadline passed without a first token, or a late

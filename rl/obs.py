@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from augserve.request import EngineState, RequestView
+from augserve.contract import EngineState, RequestView
 
 #: per-candidate features, in column order
 ITEM_FEATURES: tuple[str, ...] = (

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from augserve.contract import EngineState, RequestView
 from augserve.predictor import Predictor
-from augserve.request import EngineState, RequestView
 from augserve.sched.augserve import AugServePolicy
 from rl.obs import PROMOTED, Candidate, ObsSpec, build_observation, raw_row
 

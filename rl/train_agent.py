@@ -88,7 +88,7 @@ def baseline_kwargs(baseline: str | Mapping[str, Any]) -> dict[str, Any]:
 def make_env(env_cfg: Mapping[str, Any], predictor: Any, pkw: Mapping[str, Any]) -> Any:
     """A SchedulingEnv from the plain ``env`` config (engine and workload are ``_target_``s);
     ``env.reward: miss`` wraps it in :class:`MissReward` (needs a TTFT-only SLO)."""
-    from augserve.metrics import parse_slo
+    from augserve.slo import parse_slo
     from rl.env import SchedulingEnv
 
     env = SchedulingEnv(

@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from augserve.contract import EngineInfo, EngineState
 from augserve.engine.factory import make_sim_engine
 from augserve.predictor import Prediction
-from augserve.request import AugRequest, EngineInfo, EngineState, Segment, ToolCall
+from augserve.request import AugRequest, Segment, ToolCall
 from augserve.sched.augserve import AugServePolicy
 from augserve.sched.budget import DynamicBudget
 from augserve.sched.lamps import LAMPSPolicy

@@ -7,8 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from augserve.contract import EngineState, KVMode, RequestView
 from augserve.engine.factory import make_sim_engine
-from augserve.request import AugRequest, EngineState, KVMode, RequestView, Segment, ToolCall
+from augserve.request import AugRequest, Segment, ToolCall
 from augserve.sched.infercept import InferCeptPolicy
 from augserve.sched.keyed import KeyedPolicy
 from augserve.sched.oracle import OraclePolicy

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from augserve.request import State
+from augserve.contract import State
 from augserve.sched.augserve import AugServePolicy
 from augserve.sched.infercept import InferCeptPolicy
 from augserve.sched.kind_means import KindMeans

@@ -10,9 +10,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from test_augserve_policy import _at, _StubView, _TablePredictor
 
+from augserve.contract import EngineInfo, EngineState
 from augserve.engine.factory import make_sim_engine
 from augserve.metrics import per_request_table
-from augserve.request import EngineInfo, EngineState
 from augserve.sched.augserve import AugServePolicy
 from augserve.sched.keyed import KeyedPolicy
 from augserve.serving import prepare_requests

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]')")
 
-from augserve.request import EngineState, KVMode, RequestView  # noqa: E402
+from augserve.contract import EngineState, KVMode, RequestView  # noqa: E402
 from augserve.sched.base import Policy  # noqa: E402
 from augserve.sched.keyed import KeyedPolicy  # noqa: E402
 

@@ -45,18 +45,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from augserve.contract import EngineInfo, EngineState, KVMode, RequestView, State
 from augserve.engine.base import Engine, RunResult, next_event_time, validated
 from augserve.engine.cost import CostModel, LinearCostModel, Profile
 from augserve.engine.kv import BlockPool
 from augserve.records import RequestRecord
-from augserve.request import (
-    AugRequest,
-    EngineInfo,
-    EngineState,
-    KVMode,
-    RequestView,
-    State,
-)
+from augserve.request import AugRequest
 from augserve.sched.base import Policy
 
 _STRETCH_CHUNK = 1024  # steps evaluated at once when skipping a decode-only stretch

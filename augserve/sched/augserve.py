@@ -42,13 +42,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from augserve.metrics import parse_slo
+from augserve.contract import EngineState, KVMode, RequestView
 from augserve.predictor import Prediction, Predictor, predict_tool_s
-from augserve.request import EngineState, KVMode, RequestView
 from augserve.sched.budget import DynamicBudget
 from augserve.sched.kind_means import KindMeans
 from augserve.sched.minwaste import min_waste
 from augserve.sched.queue_policy import ValueQueuePolicy, check_predictor
+from augserve.slo import parse_slo
 
 
 def intercept_cost(context_tokens: float, tool_s: float, state: EngineState) -> float:

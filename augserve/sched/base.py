@@ -15,7 +15,7 @@ ask what kind of policy it is:
 * at a tool call, ``on_intercept(view, state)`` picks the KV mode; at its return,
   ``on_tool_return(view, duration_s)``.
 
-Policies see :class:`~augserve.request.RequestView` and :class:`~augserve.request.EngineState`
+Policies see :class:`~augserve.contract.RequestView` and :class:`~augserve.contract.EngineState`
 only, and never import an engine module. A policy that orders by a key fixed at enqueue time
 subclasses :class:`~augserve.sched.keyed.KeyedPolicy`, which keeps the queue for it.
 """
@@ -25,7 +25,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 
-from augserve.request import EngineInfo, EngineState, KVMode, RequestView
+from augserve.contract import EngineInfo, EngineState, KVMode, RequestView
 
 
 class Policy(ABC):

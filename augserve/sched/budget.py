@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from augserve.request import EngineState
+from augserve.contract import EngineState
 
 
 @dataclass

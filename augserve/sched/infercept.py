@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from augserve.request import EngineInfo, EngineState, KVMode, RequestView
+from augserve.contract import EngineInfo, EngineState, KVMode, RequestView
 from augserve.sched.keyed import KeyedPolicy
 from augserve.sched.kind_means import KindMeans
 from augserve.sched.minwaste import min_waste

@@ -13,7 +13,7 @@ import heapq
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from augserve.request import EngineInfo, EngineState, RequestView
+from augserve.contract import EngineInfo, EngineState, RequestView
 from augserve.sched.base import Policy
 
 

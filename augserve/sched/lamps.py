@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from augserve.contract import EngineState, KVMode, RequestView
 from augserve.predictor import Predictor, predict_tool_s
-from augserve.request import EngineState, KVMode, RequestView
 from augserve.sched.minwaste import min_waste
 from augserve.sched.queue_policy import ValueQueuePolicy, check_predictor
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from augserve.contract import EngineState, KVMode, RequestView
 from augserve.predictor import Predictor
-from augserve.request import EngineState, KVMode, RequestView
 from augserve.sched.queue_policy import ValueQueuePolicy, check_predictor
 
 

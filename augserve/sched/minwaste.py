@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from augserve.request import EngineState, KVMode
+from augserve.contract import EngineState, KVMode
 
 
 class Waste(NamedTuple):

@@ -8,8 +8,8 @@ iteration). KV mode at a call: InferCept's min-waste rule with the predicted too
 
 from __future__ import annotations
 
+from augserve.contract import EngineInfo, EngineState, KVMode, RequestView
 from augserve.predictor import Predictor, predict_tool_s, reset_predictor
-from augserve.request import EngineInfo, EngineState, KVMode, RequestView
 from augserve.sched.keyed import KeyedPolicy
 from augserve.sched.minwaste import min_waste
 from augserve.sched.queue_policy import check_predictor

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
+from augserve.contract import EngineInfo, EngineState, RequestView
 from augserve.predictor import Predictor, reset_predictor
-from augserve.request import EngineInfo, EngineState, RequestView
 from augserve.sched.base import Policy
 from augserve.sched.value_queue import ValueQueue
 

@@ -27,7 +27,7 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Iterator
 
-from augserve.request import RequestView
+from augserve.contract import RequestView
 
 
 class ValueQueue:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from augserve.request import EngineState, KVMode, RequestView
+from augserve.contract import EngineState, KVMode, RequestView
 from augserve.sched.keyed import KeyedPolicy
 
 

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from augserve.contract import RequestView
 from augserve.predictor import Prediction, Predictor, predict_tool_s, reset_predictor
-from augserve.request import RequestView
 from augserve.sched.base import Policy
 
 #: policy name -> (qualname, needs a predictor)

@@ -43,9 +43,10 @@ from typing import Any
 
 import numpy as np
 
+from augserve.contract import EngineInfo, EngineState, KVMode
 from augserve.engine.base import Engine, RunResult, next_event_time, validated
 from augserve.records import RequestRecord
-from augserve.request import AugRequest, EngineInfo, EngineState, KVMode
+from augserve.request import AugRequest
 from augserve.sched.base import Policy
 from augserve.vllm import init_cpu_features, require_vllm
 from augserve.vllm.runtime import VRuntime

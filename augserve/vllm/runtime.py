@@ -1,4 +1,4 @@
-"""Per-request runtime adapters: what :class:`~augserve.request.RequestView` reads, taken from a
+"""Per-request runtime adapters: what :class:`~augserve.contract.RequestView` reads, taken from a
 live vLLM ``Request`` (duck-typed; this module does not import vLLM).
 
 * :class:`VRuntime` — one augserve request backed by (at most) one vLLM request at a time. The
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from augserve.request import RequestView, State
+from augserve.contract import RequestView, State
 from augserve.vllm.hints import MAX_SESSION_S, parse_hints
 
 

@@ -14,9 +14,9 @@ Each ``schedule()``:
    the first request whose blocks do not fit (its head-of-line rule), so a policy that wants to
    pass over such a request yields a fitting one first, exactly as with the simulator.
 
-The policy sees a read-only :class:`~augserve.request.EngineState` (free/total blocks, running
+The policy sees a read-only :class:`~augserve.contract.EngineState` (free/total blocks, running
 and waiting counts, the last step's duration, prefill work of running requests) and
-:class:`~augserve.request.RequestView` objects adapted from vLLM ``Request`` objects
+:class:`~augserve.contract.RequestView` objects adapted from vLLM ``Request`` objects
 (:mod:`augserve.vllm.runtime`). Deployment settings come from ``--additional-config
 '{"augserve": {...}}'`` (see :func:`augserve.vllm.deploy.make_policy`); the live engine
 (:mod:`augserve.vllm.engine`) attaches its policy, clock and request runtimes with
@@ -41,7 +41,7 @@ from vllm.v1.core.sched.request_queue import RequestQueue
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
-from augserve.request import EngineInfo, EngineState, RequestView
+from augserve.contract import EngineInfo, EngineState, RequestView
 from augserve.sched.base import Policy
 from augserve.vllm import init_cpu_features
 from augserve.vllm.hints import HINT_VALIDATOR
