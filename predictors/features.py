@@ -90,7 +90,7 @@ class FeatureInput:
 
     @classmethod
     def from_view(cls, view: Any) -> FeatureInput:
-        """From an ``augserve.request.RequestView`` (duck-typed; augserve is not imported).
+        """From an ``augserve.contract.RequestView`` (duck-typed; augserve is not imported).
 
         ``calls_done`` counts *returned* calls (a call in progress is not counted), matching
         :meth:`from_row`.

@@ -123,6 +123,7 @@ class SchedulingEnv(gym.Env):
             "budget": spaces.Discrete(len(self.obs_spec.budget_bins)),
         })
         self.run = None
+        self._finished = True
         self.policy: ActionPolicy | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -190,6 +191,7 @@ class SchedulingEnv(gym.Env):
         self.policy = ActionPolicy(self.predictor, k=self.obs_spec.k,
                                    budget_bins=self.obs_spec.budget_bins, **self.policy_kwargs)
         self.run = self.engine.start(requests, self.policy)
+        self._finished = False
         ttft = self.slo.get("ttft")
         self._ttft_s = ttft / 1000.0 if ttft is not None else None
         self._deadlines: list[tuple[float, int]] = []
@@ -232,13 +234,15 @@ class SchedulingEnv(gym.Env):
         if self.run is None:
             raise RuntimeError("no episode: call reset() first")
         self.alive = False
+        self._finished = True
         return self.run.finish()
 
     def close(self) -> None:
         """End the episode in progress, if any, and release what its run holds (a live
         engine aborts the run's requests and detaches the policy). ``reset()`` may follow."""
-        if self.run is not None and self.alive:
+        if self.run is not None and not self._finished:  # stopped or not, it holds requests
             self.alive = False
+            self._finished = True
             self.run.finish()
         self.run = None
         self.policy = None

@@ -119,6 +119,10 @@ class LearnedStage2(AugServePolicy):
         self._rows.pop(view.rid, None)
         super().on_admit(view)
 
+    def on_leave(self, view: RequestView) -> None:
+        self._rows.pop(view.rid, None)
+        super().on_leave(view)
+
     @abstractmethod
     def decide(self, obs: dict[str, np.ndarray]) -> tuple[np.ndarray, int]:
         """(scores for the K slots, higher first; budget bin index)."""

@@ -117,3 +117,17 @@ def test_token_budget_has_no_side_effects(name: str) -> None:
     asked.token_budget = thrice  # type: ignore[method-assign]
     again = per_request_table(engine.run(reqs, asked).records, "ttft:1000")
     assert len(plain) == len(reqs) and plain == again
+
+
+def test_an_aborted_tier_offer_is_not_a_tier_admission() -> None:
+    pred = _TablePredictor({"old1": 500, "old2": 400, "new": 1})
+    pol = AugServePolicy(pred, 2048, starve_after_s=5.0, starve_every_s=1.0)
+    pol.reset(_info())
+    o1, o2, new = _StubView("old1", 0.0), _StubView("old2", 0.1), _StubView("new", 6.0)
+    for v in (o1, o2, new):
+        pol.on_enqueue(v, _at(v.arrival_s))
+    assert _order(pol, 6.0)[0] == "old1"  # a tier turn: the FIFO head is offered first
+    pol.on_leave(o1)  # aborted, not admitted: the tier's turn is not used up
+    assert _order(pol, 6.1)[0] == "old2"  # (a used turn would put "new" first until 7.0)
+    pol.on_admit(o2)  # an admission from the tier uses the turn
+    assert _order(pol, 6.5) == ["new"]

@@ -177,6 +177,34 @@ def test_policy_sees_free_blocks_and_engine_facts(llm) -> None:
     drain(llm)
 
 
+class Leaves(Recorder):
+    """Recorder that counts what it is told left the engine."""
+
+    def reset(self, info) -> None:
+        super().reset(info)
+        self.left: list[str] = []
+
+    def on_leave(self, view: RequestView) -> None:
+        self.left.append(view.rid.rsplit("-", 1)[0])
+        super().on_leave(view)
+
+
+def test_leaves_are_told_once_finished_or_aborted_anywhere(llm) -> None:
+    s = sched_of(llm)
+    pol = Leaves()
+    s.attach(pol)
+    add(llm, "done", 40, max_tokens=2)
+    add(llm, "running", 40, max_tokens=50)
+    llm.step()
+    add(llm, "waiting", 40)
+    assert s.waiting.waiting_prefill == 40
+    llm.abort_request(["waiting", "running"])  # one aborted in the queue, one while running
+    drain(llm)
+    assert sorted(pol.left) == ["done", "running", "waiting"]  # each once
+    assert s.waiting.waiting_prefill == 0 and not s._rt  # nothing kept for them
+    assert not pol._live  # nor in its queue
+
+
 class Queue(Policy):
     """Owns its queue (FIFO); ``skip``: yield fitting requests before non-fitting ones."""
 

@@ -45,8 +45,8 @@ class Policy(ABC):
         """``view`` left the waiting queue for the running set."""
 
     def on_leave(self, view: RequestView) -> None:  # noqa: B027
-        """``view`` left the engine (finished or aborted); default: nothing. It may still be
-        in the waiting queue (an abort): then it must leave it."""
+        """``view`` left the engine (finished or aborted), told once; default: nothing. It may
+        still be in the waiting queue (an abort): then it must leave it."""
 
     @abstractmethod
     def candidates(

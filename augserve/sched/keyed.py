@@ -33,9 +33,6 @@ class KeyedPolicy(Policy):
         self._entries = 0
         self._arrivals = 0
 
-    def __len__(self) -> int:
-        return len(self._live)
-
     def on_enqueue(self, view: RequestView, state: EngineState) -> None:
         rid = view.rid
         order = self._first_seen.get(rid)

@@ -79,7 +79,10 @@ class ValueQueuePolicy(Policy):
     def on_leave(self, view: RequestView) -> None:
         if view.rid in self._waiting:  # aborted while waiting (maybe not valued yet)
             self._pending = [(v, t) for v, t in self._pending if v.rid != view.rid]
-            self.on_admit(view)
+            if view.rid == self._tier_offer:  # not an admission from the tier
+                self._tier_offer = None
+            self.queue.remove(view.rid)
+            self._waiting.discard(view.rid)
 
     def _flush(self, state: EngineState) -> None:
         if not self._pending:

@@ -236,8 +236,13 @@ class PolicyQueue(RequestQueue):
 
     def remove_requests(self, requests: Iterable[Request]) -> None:
         for r in list(requests):
-            if self._members.pop(r.request_id, None) is not None:  # aborted while waiting
-                self.left(self._s.runtime(r))
+            if self._members.pop(r.request_id, None) is None:
+                continue
+            # aborted while waiting; its runtime is gone if vLLM freed it first (a request
+            # that stopped while preempted), and then the policy was told already
+            rt = self._s.forget_runtime(r)
+            if rt is not None:
+                self.left(rt)
 
     def __bool__(self) -> bool:
         if self._in_pass:
@@ -370,6 +375,10 @@ class AugServeSchedulerMixin:
             rt.vreq = request
             self._rt[rid] = rt
         return rt
+
+    def forget_runtime(self, request: Request) -> VRuntime | None:
+        """Drop ``request``'s runtime (it left); None if it had none or was dropped already."""
+        return self._rt.pop(request.request_id, None)
 
     def _hints_ignored(self, rid: str, reason: str) -> None:
         """Count (and log, sparsely) a request scheduled without its unusable hints."""
@@ -534,7 +543,7 @@ class AugServeSchedulerMixin:
             rt.on_preempt(computed)
 
     def _free_request(self, request: Request, *args: Any, **kwargs: Any) -> Any:
-        rt = self._rt.pop(request.request_id, None)
+        rt = self.forget_runtime(request)
         if rt is not None and (rt.ends_request()
                                or request.status == RequestStatus.FINISHED_ABORTED):
             s: Any = self
