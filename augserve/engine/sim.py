@@ -77,7 +77,6 @@ class _Req:
         "submit_s", "wait_since_s", "preempted", "mode", "tool_durations", "return_lengths",
         "current_tool", "chunks", "in_decode", "j0", "c0", "g0", "epoch", "prev_computed",
         "recomp_left", "swap_out_left", "swap_in_left", "view", "seq", "gen", "run",
-        "wait_tokens",
     )
 
     def __init__(self, req: AugRequest, seq: int, oracle: bool, run: SimRun) -> None:
@@ -109,7 +108,6 @@ class _Req:
         self.j0 = self.c0 = self.g0 = 0
         self.epoch = 0
         self.prev_computed = 0  # high-water mark of computed tokens before KV was lost
-        self.wait_tokens = 0  # prefill tokens it entered the waiting queue with
         self.recomp_left = 0
         self.swap_out_left = 0
         self.swap_in_left = 0
@@ -212,7 +210,7 @@ class SimRun:
         self.paused: set[_Req] = set()
         self.paused_blocks = 0
         self.waiting: dict[_Req, None] = {}
-        self.waiting_prefill = 0  # Σ wait_tokens over waiting requests
+        self.waiting_prefill = 0  # Σ (ctx - computed) over waiting requests (fixed while waiting)
         # lazy decode set
         self.n_dec = 0
         self.dec_ctx = 0  # Σ (computed + 1) over decoding requests at the next step
@@ -262,8 +260,7 @@ class SimRun:
         r.state = State.WAITING
         r.wait_since_s = t
         self.waiting[r] = None
-        r.wait_tokens = max(r.ctx - r.computed, 0)
-        self.waiting_prefill += r.wait_tokens
+        self.waiting_prefill += r.ctx - r.computed
         self.policy.on_enqueue(r.view, self.state())
 
     # -- lazy decode set
@@ -485,6 +482,7 @@ class SimRun:
             hit, c, add = self.need(r, room_ref[0])
             if add > pool.free - hit:
                 break  # head-of-line: vLLM stops admitting at the first request that does not fit
+            self.waiting_prefill -= r.ctx - r.computed  # before a prefix hit changes computed
             if hit:
                 pool.touch(r.req.rid, hit)
                 r.blocks += hit
@@ -495,7 +493,6 @@ class SimRun:
             pool.allocate(add)
             r.blocks += add
             del self.waiting[r]
-            self.waiting_prefill -= r.wait_tokens
             r.state = State.RUNNING
             r.preempted = False
             self.running[r] = None

@@ -15,6 +15,7 @@ from typing import Any
 
 from augserve.contract import EngineInfo, EngineState, RequestView
 from augserve.sched.base import Policy
+from augserve.sched.value_queue import heap_order
 
 
 class KeyedPolicy(Policy):
@@ -68,18 +69,7 @@ class KeyedPolicy(Policy):
             head = heap[0]
             yield head[3]
             if self._alive(head):  # passed over, not admitted: walk on, leaving it queued
-                yield from self._walk_after_head()
+                for i in heap_order(heap, (1, 2)):
+                    if self._alive(heap[i]):
+                        yield heap[i][3]
                 return
-
-    def _walk_after_head(self) -> Iterator[RequestView]:
-        """Best-first over the heap array below its root (the array is not changed)."""
-        heap = self._heap
-        frontier = [(heap[j][0], heap[j][1], j) for j in (1, 2) if j < len(heap)]
-        heapq.heapify(frontier)
-        while frontier:
-            _, _, i = heapq.heappop(frontier)
-            if self._alive(heap[i]):
-                yield heap[i][3]
-            for j in (2 * i + 1, 2 * i + 2):
-                if j < len(heap):
-                    heapq.heappush(frontier, (heap[j][0], heap[j][1], j))

@@ -30,6 +30,19 @@ from collections.abc import Callable, Iterator
 from augserve.contract import RequestView
 
 
+def heap_order(heap: list, roots: tuple[int, ...] = (0,)) -> Iterator[int]:
+    """Indices of ``heap``'s entries below ``roots`` in key order (best-first over the array,
+    which is not changed: entries are compared on their first two fields)."""
+    frontier = [(heap[j][0], heap[j][1], j) for j in roots if j < len(heap)]
+    heapq.heapify(frontier)
+    while frontier:
+        i = heapq.heappop(frontier)[2]
+        yield i
+        for j in (2 * i + 1, 2 * i + 2):
+            if j < len(heap):
+                heapq.heappush(frontier, (heap[j][0], heap[j][1], j))
+
+
 class ValueQueue:
     """Waiting requests by value with promotion after ``starve_after`` (None: never)."""
 
@@ -109,19 +122,12 @@ class ValueQueue:
                     seen.add(view.rid)
                     yield view, True
         heap = self._heap
-        if not heap:
-            return
-        frontier = [(heap[0][0], heap[0][1], 0)]
-        while frontier:
-            _, _, i = heapq.heappop(frontier)
-            key, seq, view = heap[i]
+        for i in heap_order(heap):
+            _, seq, view = heap[i]
             if not self._alive_heap(seq, view):
                 self._wasted += 1
             elif view.rid not in seen:
                 yield view, False
-            for j in (2 * i + 1, 2 * i + 2):
-                if j < len(heap):
-                    heapq.heappush(frontier, (heap[j][0], heap[j][1], j))
 
     def promoted_head(self, now: float) -> RequestView | None:
         """The tier's FIFO head, if any request has waited ``starve_after``."""
