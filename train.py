@@ -11,44 +11,32 @@ datasets (train on the others, test on one), prints the tables, and writes ``met
 ``metrics.md`` and ``feature_importance.png`` into the Hydra output directory. The artifact
 (models trained on all rows) goes to ``artifact_dir``.
 
-With ``agent=<name>`` (conf/agent/) it trains that RL scheduler instead:
+The pipeline is :func:`predictors.pipeline.train_predictors`. With ``agent=<name>``
+(conf/agent/) it trains that RL scheduler instead:
 :func:`rl.train_agent.train_agent` writes the checkpoint to ``agent.checkpoint_dir`` and
 ``learning_curve.{csv,png}``, ``eval.{md,json}`` (RL vs augserve on held-out seeds) here.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
-from typing import Any
 
 import hydra
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate, to_absolute_path
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from augserve.loggers import Logger
 
 log = logging.getLogger("train")
 
 
-def _plot_importance(importances: dict[str, dict[str, float]], path: Path, top: int = 20) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(importances), figsize=(5 * len(importances), 6),
-                             squeeze=False)
-    for ax, (target, imp) in zip(axes[0], importances.items(), strict=True):
-        items = sorted(imp.items(), key=lambda kv: kv[1], reverse=True)[:top][::-1]
-        ax.barh([k for k, _ in items], [v for _, v in items])
-        ax.set_title(f"{target}: importance")
-        ax.tick_params(axis="y", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+def make_logger(cfg: DictConfig) -> Logger:
+    """The run's experiment logger (``logger=<name>``, conf/logger/) given the resolved config."""
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    # partial: run_config holds _target_ keys (the predictor) that must not be instantiated
+    return instantiate(cfg.logger, _partial_=True)(run_config=run_config)
 
 
 def train_rl(cfg: DictConfig) -> float:
@@ -56,8 +44,7 @@ def train_rl(cfg: DictConfig) -> float:
     from rl.train_agent import train_agent
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_config = OmegaConf.to_container(cfg, resolve=True)
-    logger = instantiate(cfg.logger, _partial_=True)(run_config=run_config)
+    logger = make_logger(cfg)
     try:
         res = train_agent(cfg.agent, out_dir, logger=logger,
                           progress=bool(cfg.get("progress", True)))
@@ -68,143 +55,27 @@ def train_rl(cfg: DictConfig) -> float:
     return float(next(iter(res["settings"].values()))["ratio"])
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float:
-    if cfg.get("agent") is not None:
-        return train_rl(cfg)
-    from threadpoolctl import threadpool_limits
-    from tqdm import tqdm
+def train_stage1(cfg: DictConfig) -> float:
+    """The Stage I predictors (predictors/pipeline.py); returns the within-dataset Kendall tau
+    of output length of ``predictor.kind`` over all sources (the sweep objective)."""
+    from predictors.pipeline import REPORT_FILES, train_predictors
 
-    from predictors.artifact import save_artifact
-    from predictors.data import load_source
-    from predictors.evaluate import evaluate, exclusions, format_tables, within_split
-    from predictors.features import FeatureSpec
-    from predictors.models import SERVABLE, build_samples, fit_family, subset
-
-    t0 = time.perf_counter()
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    kind = str(cfg.predictor.kind)
-    seed, threads = int(cfg.seed), int(cfg.num_threads)
-    params = (OmegaConf.to_container(cfg.predictor.params, resolve=True)
-              if cfg.predictor.get("params") is not None else {})
-    progress = bool(cfg.get("progress", True))
-    run_config = OmegaConf.to_container(cfg, resolve=True)
-    # partial: run_config holds _target_ keys (the predictor) that must not be instantiated
-    logger = instantiate(cfg.logger, _partial_=True)(run_config=run_config)
-
-    # -- data -------------------------------------------------------------------------------
-    data_dir = Path(to_absolute_path(str(cfg.data_dir)))
-    rows: list[Any] = []
-    reports: dict[str, Any] = {}
-    for name in cfg.sources:
-        src_rows, rep = load_source(str(name), data_dir)
-        rows += src_rows
-        reports[str(name)] = {"rows": rep.rows, "raw_records": rep.raw_records,
-                              "files": rep.files, "skipped": dict(rep.skipped),
-                              "missing_fields": dict(rep.missing_fields)}
-        print(f"{name:>14}: {rep.rows:5d} rows from {rep.raw_records} raw records in "
-              f"{rep.files} files; skipped {dict(rep.skipped) or 0}; "
-              f"missing {dict(rep.missing_fields) or 0}")
-    if not rows:
-        raise ValueError(f"no rows loaded from {data_dir} for sources {list(cfg.sources)}")
-    spec = FeatureSpec(**OmegaConf.to_container(cfg.features, resolve=True))
-    data = build_samples(rows, spec)
-    excl = exclusions(rows)
-    print("samples per target: " + ", ".join(f"{t}={len(d.y)}" for t, d in data.items()))
-    for t, per in excl.items():
-        if per:
-            print(f"excluded from {t} (target unknown): {sum(per.values())} rows {per}")
-    names = [*spec.sources, "other"]
-
-    # -- evaluation -------------------------------------------------------------------------
-    methods = [str(m) for m in cfg.eval.methods]
-    if kind not in methods:
-        methods.insert(0, kind)
-
-    def fit(method: str, train: dict[str, Any]) -> dict[str, Any] | None:
-        if method == "oracle":
-            return None
-        return fit_family(method, train, spec, params if method == kind else None, seed,
-                          threads)
-
-    test_mask = within_split(rows, float(cfg.eval.test_size), seed)
-    row_src = np.array([r.source for r in rows])
-    present = [s for s in cfg.sources if (row_src == s).any()]
-    jobs: list[tuple[str, str | None]] = [("within", None)]
-    if cfg.eval.across and len(present) > 1:
-        jobs += [("across", s) for s in present]
-    results: dict[str, dict[str, Any]] = {"within": {}, "across": {}}
-    eval_models: dict[str, Any] = {}
-    bar = tqdm(total=len(jobs) * len(methods), desc="evaluate", disable=not progress)
-    with threadpool_limits(threads):
-        for setting, held in jobs:
-            if held is None:
-                train_m, test_m = ~test_mask, test_mask
-            else:
-                train_m, test_m = row_src != held, row_src == held
-            tr = {t: subset(d, train_m) for t, d in data.items()}
-            te = {t: subset(d, test_m) for t, d in data.items()}
-            for method in methods:
-                bar.set_postfix_str(f"{setting}{'/' + held if held else ''}/{method}")
-                models = fit(method, tr)
-                res = evaluate(method, models, te, names, overall=held is None)
-                if held is None:
-                    results["within"][method] = res
-                    eval_models[method] = models
-                else:
-                    results["across"].setdefault(method, {}).update(res)
-                bar.update()
-        bar.close()
-        if not results["across"]:
-            del results["across"]
-
-        # -- final models on all rows -------------------------------------------------------
-        metrics = {"kind": kind, "rows": len(rows), "sources": reports,
-                   "samples": {t: len(d.y) for t, d in data.items()}, "excluded": excl,
-                   "results": results}
-        art_path = None
-        final = None
-        if kind in SERVABLE:
-            final = fit(kind, data)
-            art_path = save_artifact(to_absolute_path(str(cfg.artifact_dir)), kind, spec,
-                                     final, config=run_config, metrics=metrics)
-        else:
-            print(f"predictor kind {kind!r} is evaluation-only: no artifact written")
-    elapsed = time.perf_counter() - t0
-    metrics["train_wall_s"] = elapsed
-
-    # -- reports ----------------------------------------------------------------------------
-    tables = format_tables(results)
-    print("\n" + tables)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float) + "\n")
-    (out_dir / "metrics.md").write_text(
-        f"# Stage I predictors ({kind}), {len(rows)} rows, seed {seed}\n\n{tables}\n")
-    importances: dict[str, dict[str, float]] = {}  # of the final models, else of lgbm/linear
-    for imp_src in (final, eval_models.get("lgbm"), eval_models.get("linear")):
-        for t in ("output", "remaining"):
-            imp = imp_src[t].importance() if imp_src and t in imp_src else None
-            if imp:
-                importances[t] = imp
-        if importances:
-            break
-    png = out_dir / "feature_importance.png"
-    if importances:
-        _plot_importance(importances, png)
+    logger = make_logger(cfg)
     try:
-        for setting, by_method in results.items():
-            for method, per in by_method.items():
-                for src, m in per.items():
-                    logger.log_summary(f"{setting}/{method}/{src}", m)
-        for t, imp in importances.items():
-            logger.log_summary(f"importance/{t}", imp)
-        if importances:
-            logger.log_images({"feature_importance": png})
+        res = train_predictors(cfg, out_dir, logger=logger,
+                               progress=bool(cfg.get("progress", True)))
     finally:
         logger.close()
-    print(f"wall time {elapsed:.1f} s; results: {out_dir} (metrics.json, metrics.md, "
-          f"{png.name})" + (f"; artifact: {art_path}" if art_path else ""))
-    within_all = results["within"].get(kind, {}).get("all", {})
-    return float(within_all.get("out_tau", float("nan")))
+    art = res["artifact"]
+    print(f"wall time {res['wall_s']:.1f} s; results: {out_dir} ({', '.join(REPORT_FILES)})"
+          + (f"; artifact: {art}" if art else ""))
+    return res["objective"]
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    return train_rl(cfg) if cfg.get("agent") is not None else train_stage1(cfg)
 
 
 if __name__ == "__main__":

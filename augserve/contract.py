@@ -2,13 +2,15 @@
 
 :class:`EngineInfo` (static, once per run), :class:`EngineState` (a snapshot at every call),
 :class:`RequestView` (one request as a real serving system knows it, the script hidden),
-:class:`KVMode` (the answer at a tool call) and :class:`State`. The calls themselves are
+:class:`KVMode` / :class:`KVDecision` (the answer at a tool call), :class:`Reject` (the answer
+that turns an arriving request away) and :class:`State`. The calls themselves are
 :class:`augserve.sched.base.Policy`. Units: times in seconds, lengths in tokens, KV in blocks.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -24,6 +26,40 @@ class KVMode(enum.StrEnum):
     PRESERVE = "preserve"  # keep the blocks on the GPU during the call
     DISCARD = "discard"  # free the blocks; recompute the context (chunked) on resume
     SWAP = "swap"  # copy the blocks to CPU within the swap budget; copy back on resume
+
+
+class KVDecision(NamedTuple):
+    """The full answer at a tool call: a KV mode and, for ``preserve``, a time-to-live.
+
+    ``ttl_s``: keep the blocks at most this long into the call (s), then free them as
+    ``discard`` would (Continuum's TTL pinning); None keeps them until the tool returns. The
+    simulator applies it; stock vLLM plays every call in ``vllm`` mode (the live engine counts
+    the mode asked for in ``stats["requested_kv_modes"]``).
+    """
+
+    mode: KVMode
+    ttl_s: float | None = None
+
+
+def kv_decision(answer: KVMode | str | KVDecision) -> KVDecision:
+    """``on_intercept``'s answer as a :class:`KVDecision`; ValueError naming the bad field."""
+    if isinstance(answer, KVDecision):
+        mode, ttl = KVMode(answer.mode), answer.ttl_s
+    else:
+        mode, ttl = KVMode(answer), None
+    if ttl is not None:
+        if mode is not KVMode.PRESERVE:
+            raise ValueError(f"KVDecision.ttl_s applies to 'preserve' only, got mode {mode!r}")
+        if not math.isfinite(ttl) or ttl < 0:
+            raise ValueError(f"KVDecision.ttl_s must be a finite number >= 0 (s), got {ttl!r}")
+    return KVDecision(mode, ttl)
+
+
+class Reject(NamedTuple):
+    """``on_enqueue``'s answer to turn an arriving request away (admission control): it never
+    runs, its record says ``reason``, and it counts as not meeting any SLO."""
+
+    reason: str
 
 
 class State(enum.StrEnum):
@@ -109,6 +145,13 @@ class RequestView:
     @property
     def metadata(self) -> Mapping[str, Any]:
         return self._r.req.metadata
+
+    @property
+    def session_id(self) -> str:
+        """The program the request belongs to (an agent run, a chat session: its turns share
+        it); the request's own id when it belongs to none."""
+        sid = self._r.req.session_id
+        return sid if sid is not None else self._r.req.rid
 
     # -- runtime -------------------------------------------------------------------------------
     @property

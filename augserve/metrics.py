@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from augserve.records import RequestRecord
-from augserve.slo import SLOSpec, meets, parse_slo, slo_values
+from augserve.slo import SLOSpec, meets, parse_slo, slo_values, worst_resume_s
 
 if TYPE_CHECKING:
     from augserve.engine.base import RunResult
@@ -95,15 +95,9 @@ def itl_gaps(rec: RequestRecord) -> np.ndarray:
 
 
 def resume_latencies(rec: RequestRecord) -> np.ndarray:
-    """Resume latency (s) of each returned call whose next segment has emitted a token:
-    ``token_s[seg_start_idx[k + 1]] - tool_return_s[k]``."""
-    n = rec.output_tokens
-    out = [
-        float(rec.token_s[rec.seg_start_idx[k + 1]]) - float(ret)
-        for k, ret in enumerate(rec.tool_return_s)
-        if k + 1 < len(rec.seg_start_idx) and rec.seg_start_idx[k + 1] < n
-    ]
-    return np.asarray(out, dtype=float)
+    """Resume latency (s) of each returned call whose next segment has emitted a token
+    (:attr:`RequestRecord.resume_s`)."""
+    return np.asarray(rec.resume_s, dtype=float)
 
 
 class _Columns:
@@ -117,16 +111,14 @@ class _Columns:
         self.finish = np.fromiter((r.finish_s for r in records), float, m)
         self.ntok = np.fromiter((r.token_s.shape[0] for r in records), np.int64, m)
         self.prompt = np.fromiter((r.prompt_tokens for r in records), np.int64, m)
-        self.first = np.fromiter(
-            (r.token_s[0] if r.token_s.shape[0] else math.nan for r in records), float, m
-        )
         self.tool = np.fromiter((r.tool_time_s for r in records), float, m)
         self.preempt = np.fromiter((r.preemptions for r in records), np.int64, m)
         self.recomp = np.fromiter((r.recomputed_tokens for r in records), np.int64, m)
         fin = self.finished
         with np.errstate(invalid="ignore", divide="ignore"):
-            self.ttft = self.first - self.arrival
-            self.e2el = np.where(fin, self.finish - self.arrival, math.nan)
+            # the record's own per-request values (augserve.slo judges the same ones)
+            self.ttft = np.fromiter((r.ttft_s for r in records), float, m)
+            self.e2el = np.fromiter((r.e2el_s for r in records), float, m)
             self.tpot = np.where(
                 self.ntok > 1, (self.e2el - self.ttft) / np.maximum(self.ntok - 1, 1), math.nan
             )
@@ -166,7 +158,9 @@ class _Columns:
 
     def meets(self, slo: Mapping[str, float]) -> np.ndarray:
         """Which requests meet every SLO (:func:`augserve.slo.meets`)."""
-        return meets(slo_values(self.ttft, self.e2el, self.tool, self.ntok), slo) & self.finished
+        worst = np.fromiter((worst_resume_s(r) for r in self.records), float, len(self.records))
+        values = slo_values(self.ttft, self.e2el, self.tool, self.ntok, worst)
+        return meets(values, slo) & self.finished
 
 
 def _num(x: float) -> float | None:
@@ -291,6 +285,10 @@ def summarize(
         "num_calls": int(sum(r.num_calls for r in records)),
         "preemptions": int(c.preempt.sum()),
         "recomputed_tokens": int(c.recomp.sum()),
+        # what a policy gave up on: requests it turned away (counted in unfinished) and
+        # preserved KV freed at its time-to-live
+        "rejected": int(sum(r.rejected is not None for r in records)),
+        "kv_ttl_expired": int(sum(r.kv_expired for r in records)),
     }
     per_metric = {
         "ttft": c.ttft[fin],

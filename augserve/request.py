@@ -50,6 +50,7 @@ class AugRequest:
     aug_type: str = "other"
     prompt_text: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    session_id: str | None = None  # the program it belongs to (RequestView.session_id)
 
     def __post_init__(self) -> None:
         if not self.segments:
@@ -122,5 +123,5 @@ class AugRequest:
         meta["truncated_to"] = max_len
         return AugRequest(
             self.rid, self.arrival_s, self.prompt_tokens, tuple(segs), self.aug_type,
-            self.prompt_text, MappingProxyType(meta),
+            self.prompt_text, MappingProxyType(meta), self.session_id,
         )

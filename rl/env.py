@@ -51,10 +51,11 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from augserve.engine.base import Engine
+from augserve.engine.base import Engine, Run
+from augserve.engine.player import Scripted
 from augserve.predictor import Predictor
 from augserve.serving import prepare_requests
-from augserve.slo import meets, parse_slo, slo_values
+from augserve.slo import parse_slo, record_meets
 from augserve.workload.base import Workload
 from rl.obs import OBS_HIGH, ObsSpec
 from rl.policy import LearnedStage2
@@ -122,7 +123,7 @@ class SchedulingEnv(gym.Env):
             "scores": spaces.Box(-10.0, 10.0, (k,), np.float32),
             "budget": spaces.Discrete(len(self.obs_spec.budget_bins)),
         })
-        self.run = None
+        self.run: Run | None = None  # the episode's engine run (Engine.start)
         self._finished = True
         self.policy: ActionPolicy | None = None
 
@@ -132,22 +133,18 @@ class SchedulingEnv(gym.Env):
         return {"items": np.zeros((k, f), np.float32), "mask": np.zeros(k, np.int8),
                 "engine": np.zeros(g, np.float32)}
 
-    def _meets(self, r) -> bool:
-        """Does finished request ``r`` meet the SLO? (Live engine state: records get their
-        token arrays only at the end of a run.) :mod:`augserve.slo`, as the metrics."""
-        rec, n = r.rec, r.gen
-        if not rec.finished or n == 0:
-            return False
-        ttft = r.chunks[0] - rec.arrival_s  # the first token always comes from a prefill
-        values = slo_values(ttft, rec.finish_s - rec.arrival_s, rec.tool_time_s, n)
-        return bool(meets(values, self.slo))
+    def _meets(self, r: Scripted) -> bool:
+        """Does finished request ``r`` meet the SLO? Judged from its record's per-turn fields
+        (token arrays come only at the end of a run), as the metrics judge it."""
+        return record_meets(r.rec, self.slo)
 
     def _late_sweep(self, final: bool) -> int:
         """TTFT misses that became certain: deadline passed without a first token, or a late
         first token. ``final``: also look at deadlines not reached yet (end of the episode)."""
         run, lim = self.run, self._ttft_s
-        while self._seen < run.next_arrival:  # new arrivals: their TTFT deadlines
-            r = run.reqs[self._seen]
+        player = run.player
+        while self._seen < player.next_arrival:  # new arrivals: their TTFT deadlines
+            r = player.reqs[self._seen]
             heapq.heappush(self._deadlines, (r.req.arrival_s + lim, self._seen))
             self._seen += 1
         late = 0
@@ -155,9 +152,10 @@ class SchedulingEnv(gym.Env):
         dl = self._deadlines
         while dl and (final or dl[0][0] <= run.now):
             item = heapq.heappop(dl)
-            r = run.reqs[item[1]]
-            if r.gen:  # chunks[0] is the first token's time
-                late += not (r.chunks[0] - r.req.arrival_s <= lim)
+            r = player.reqs[item[1]]
+            first = r.first_token_s()
+            if first is not None:
+                late += not (first - r.req.arrival_s <= lim)
             elif run.now - r.req.arrival_s > lim:  # its first token can only come later
                 late += 1
             else:  # not certain yet (a deadline ahead, or equal to now up to rounding)
@@ -168,8 +166,7 @@ class SchedulingEnv(gym.Env):
 
     def _reward(self, final: bool = False) -> float:
         run = self.run
-        good = sum(self._meets(r) for r in run.done_log)
-        run.done_log.clear()
+        good = sum(self._meets(r) for r in run.player.drain_finished())
         late = self._late_sweep(final) if self._ttft_s is not None else 0
         self._late += late
         self._good += good
@@ -179,11 +176,14 @@ class SchedulingEnv(gym.Env):
         return self.policy.observe(self.run.state())
 
     def _all_finished(self) -> bool:
-        return self.run.n_finished >= len(self.run.reqs)
+        return self.run.player.all_finished()
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
+        if self.run is not None and not self._finished:  # an episode cut short: release it
+            self._finished = True
+            self.run.finish()
         s = int(seed) if seed is not None else int(self.np_random.integers(2**31 - 1))
         requests = prepare_requests(self.workload, self.engine, s)
         if not requests:

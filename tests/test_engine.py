@@ -226,16 +226,16 @@ def test_preempted_during_swap_in_drops_the_copy(monkeypatch) -> None:
     # With 115 blocks A is re-admitted with ~1 block to spare and copies back at 1 block a step
     # while B's decode needs blocks -> A (most recently admitted) is preempted mid swap-in. Its
     # CPU copy must be dropped and none of its half-restored GPU blocks may count as cached.
-    from augserve.engine import sim
+    from augserve.engine import sim, tool_kv
 
-    monkeypatch.setattr(sim.SimRun, "swap_budget", lambda self: 1)
+    monkeypatch.setattr(tool_kv.ToolKV, "budget", lambda self, last_step_s: 1)
     reqs = [AugRequest("A", 0.0, 800, (Segment(2, ToolCall("t", 1.0, 1)), Segment(3))),
             AugRequest("B", 0.001, 905, (Segment(400),))]
     seen = []
     orig = sim.SimRun.preempt
 
     def spy(self, v):
-        mid = v in self.swapping_in
+        mid = v in self.kv.swapping_in
         orig(self, v)
         seen.append((v.req.rid, mid, v.cpu_blocks, v.swap_in_left, self.pool.cached("A")))
 

@@ -179,7 +179,8 @@ def test_resume_skips_call_whose_next_segment_has_not_started() -> None:
     # in tool call 1 (returned at 2.6) but segment 2 has no token yet: one resume only
     r = rec_two_calls()
     r.token_s = r.token_s[:4]
-    r.seg_start_idx = [0, 2, 4]
+    r.seg_start_idx = [0, 2]  # as an engine writes it: a segment's entry comes with its token
+    r.seg_first_s = [0.2, 1.5]
     r.finished = False
     assert resume_latencies(r) == approx([0.2])
     assert itl_gaps(r) == approx([0.1, 0.1])

@@ -12,6 +12,9 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed (pip install -e '.[vllm]')")
 
+from augserve.contract import Reject  # noqa: E402
+from augserve.engine.base import Run  # noqa: E402
+from augserve.engine.trace import read_trace  # noqa: E402
 from augserve.metrics import summarize  # noqa: E402
 from augserve.request import AugRequest, Segment, ToolCall  # noqa: E402
 from augserve.sched import InferCeptPolicy, VLLMPolicy  # noqa: E402
@@ -108,6 +111,80 @@ def test_engine_runs_a_scripted_workload(engine) -> None:
     assert s["num_calls"] == 4
 
 
+def test_room_after_running_matches_vllm_and_the_trace_is_written(engine, monkeypatch,
+                                                                   tmp_path) -> None:
+    # the pinned mirror of vLLM's running loop (augserve/vllm/mirror.py) against what vLLM
+    # actually scheduled for the requests running at the start of each step without preemption
+    from augserve.vllm import mirror
+
+    assert mirror.check_version(__import__("vllm").__version__)
+    engine.build()
+    est: list[tuple[int, int, frozenset[str]]] = []
+    orig_room = mirror.room_after_running
+
+    def spy(sched, budget):
+        room = orig_room(sched, budget)
+        est.append((budget, room, frozenset(r.request_id for r in sched.running)))
+        return room
+
+    monkeypatch.setattr(mirror, "room_after_running", spy)
+    sched = engine.sched
+    orig_schedule = sched.schedule
+    checked = []
+
+    def schedule(*a, **kw):
+        n = len(est)
+        out = orig_schedule(*a, **kw)
+        if len(est) > n and not out.preempted_req_ids:
+            budget, room, running = est[-1]
+            used = sum(t for rid, t in out.num_scheduled_tokens.items() if rid in running)
+            checked.append((room, budget - used, bool(running)))
+        return out
+
+    monkeypatch.setattr(sched, "schedule", schedule)
+    monkeypatch.setattr(engine, "decision_trace", str(tmp_path / "{policy}.jsonl"))
+    reqs = script()
+    res = engine.run(reqs, VLLMPolicy(64))  # a small budget: prefill chunks run beside decodes
+    check_records(reqs, res)
+    busy = [c for c in checked if c[2]]
+    assert len(busy) >= 10
+    assert all(room == actual for room, actual, _ in checked), checked
+    lines = read_trace(tmp_path / "vllm.jsonl")
+    kv = [tuple(k) for x in lines for k in x["kv"]]
+    assert sorted(kv) == sorted((r.rid, "vllm") for r in res.records for _ in r.kv_modes)
+    admitted = [rid for x in lines for rid in x["admitted"]]
+    preempted = [rid for x in lines for rid in x["preempted"]]
+    # one admission per vLLM request (a segment), plus one per resume after a preemption
+    assert len(admitted) == sum(len(r.segments) for r in reqs) + len(preempted)
+    assert all(x["budget"] == 64 for x in lines if x["budget"] is not None)
+
+
+class _RejectsR3(VLLMPolicy):
+    """FCFS that turns r3 away on arrival (admission control)."""
+
+    def on_enqueue(self, view, state):
+        if view.rid == "r3":
+            return Reject("over capacity")
+        return super().on_enqueue(view, state)
+
+
+def test_rejected_request_is_aborted_and_recorded(engine) -> None:
+    reqs = script()
+    engine.build()
+    before = engine.sched.rejections
+    res = engine.run(reqs, _RejectsR3(128))
+    by = {r.rid: r for r in res.records}
+    assert by["r3"].rejected == "over capacity" and not by["r3"].finished
+    assert by["r3"].output_tokens == 0
+    rest = [r for r in reqs if r.rid != "r3"]
+    check_records(rest, type(res)([by[r.rid] for r in rest], res.end_s, res.stats))
+    assert engine.sched.rejections == before + 1
+    assert not engine.llm.has_unfinished_requests()
+    assert summarize(res, "ttft:100000")["rejected"] == 1
+    # the engine serves the next run normally
+    check_records(reqs, engine.run(reqs, VLLMPolicy(128)))
+
+
 def test_engine_is_reusable_and_records_requested_kv_modes(engine) -> None:
     reqs = script()
     res = engine.run(reqs, InferCeptPolicy(128))
@@ -127,8 +204,9 @@ def test_stepwise_interface_for_the_rl_env(engine) -> None:
         decisions += 1
     res = run.finish()
     assert decisions >= 1
-    assert run.n_finished == len(reqs) == len(run.done_log)
-    assert all(r.gen == r.req.output_tokens for r in run.reqs)
+    assert isinstance(run, Run)
+    assert run.player.n_finished == len(reqs) == len(run.player.drain_finished())
+    assert all(r.generated() == r.req.output_tokens for r in run.reqs)
     assert len(run.step_log) == res.stats["steps"]
     check_records(reqs, res)
 

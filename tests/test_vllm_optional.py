@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import augserve.vllm as av
-from augserve.calibrate import fit_cost, predict, rel_errors, weights_bytes
 from augserve.contract import RequestView, State
 from augserve.engine.cost import LinearCostModel, Profile
+from augserve.engine.cost_fit import fit_cost, predict, rel_errors, weights_bytes
 from augserve.request import AugRequest, Segment, ToolCall
 from augserve.sched.augserve import AugServePolicy
 from augserve.sched.infercept import InferCeptPolicy

@@ -1,13 +1,16 @@
-"""The engine protocol: run a request stream under a policy and return per-request records."""
+"""The engine protocol: run a request stream under a policy and return per-request records.
+
+:class:`Engine` starts a :class:`Run`; :meth:`Engine.run` drives it to the end."""
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
+from augserve.contract import EngineState
+from augserve.engine.player import ScriptPlayer
 from augserve.records import RequestRecord
 from augserve.request import AugRequest
 from augserve.sched.base import Policy
@@ -45,22 +48,44 @@ def validated(requests: Sequence[AugRequest], max_model_len: int,
     return reqs
 
 
-def next_event_time(pending: Sequence, next_arrival: int, tool_heap: list) -> float | None:
-    """Earliest of the next arrival (``pending[next_arrival]``, objects with ``.req.arrival_s``,
-    sorted) and the next tool return (heap of ``(time, ...)``); None when neither is left (s)."""
-    t = math.inf
-    if next_arrival < len(pending):
-        t = pending[next_arrival].req.arrival_s
-    if tool_heap:
-        t = min(t, tool_heap[0][0])
-    return None if math.isinf(t) else t
+@runtime_checkable
+class Run(Protocol):
+    """One engine run, driven step by step: what :meth:`Engine.run` loops over and what the RL
+    environment (:class:`rl.env.SchedulingEnv`) steps. ``Engine.start`` begins one."""
+
+    player: ScriptPlayer  # the requests' scripts: arrivals, finished requests, tool calls
+    now: float  # engine clock (s)
+
+    def advance(self) -> bool:
+        """Run until the next step that needs a policy decision. True: call ``step()`` next;
+        False: the run is over (everything finished, or the time limit)."""
+
+    def step(self) -> None:
+        """One engine iteration."""
+
+    def state(self) -> EngineState:
+        """The snapshot a policy would be given now."""
+
+    def finish(self) -> RunResult:
+        """End the run (releasing what it holds) and return every request's record."""
 
 
 class Engine(ABC):
     """An engine plays the model and the tools for a stream of :class:`AugRequest`."""
 
     @abstractmethod
+    def start(self, requests: Sequence[AugRequest], policy: Policy,
+              progress: bool = False) -> Run:
+        """A run of ``requests`` under ``policy``, to drive step by step."""
+
     def run(
         self, requests: Sequence[AugRequest], policy: Policy, progress: bool = False
     ) -> RunResult:
-        """Serve ``requests`` (sorted by arrival) under ``policy`` and return their records."""
+        """Serve ``requests`` under ``policy`` and return their records."""
+        run = self.start(requests, policy, progress)
+        try:
+            while run.advance():
+                run.step()
+        finally:
+            result = run.finish()
+        return result

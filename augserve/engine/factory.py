@@ -19,11 +19,14 @@ def make_sim_engine(
     constant_step_s: float | None = None,
     num_gpu_blocks: int | None = None,
     audit: bool = False,
+    decision_trace: str | None = None,
 ) -> SimEngine:
     """A :class:`SimEngine` on a named profile (``data/profiles/<profile>.yaml``) or a path.
 
     ``constant_step_s`` replaces the profile's cost model by a constant step time (tests);
-    ``num_gpu_blocks`` overrides the KV capacity derived from GPU memory.
+    ``num_gpu_blocks`` overrides the KV capacity derived from GPU memory; ``decision_trace``
+    is a JSONL file for the per-step decisions of each run (``{policy}`` in it becomes the
+    policy's name; :mod:`augserve.engine.trace`).
     """
     if max_num_batched_tokens < 1 or max_num_seqs < 1:
         raise ValueError("max_num_batched_tokens and max_num_seqs must be >= 1")
@@ -38,6 +41,7 @@ def make_sim_engine(
         max_time_s=math.inf if max_time_s is None else float(max_time_s),
         skip_stretches=bool(skip_stretches),
         audit=bool(audit),
+        decision_trace=None if decision_trace is None else str(decision_trace),
     )
     cost = ConstantCostModel(constant_step_s) if constant_step_s is not None else None
     return SimEngine(prof, cost=cost, config=cfg, num_gpu_blocks=num_gpu_blocks)

@@ -33,27 +33,42 @@ decode-only steps has no event (no arrival, tool return, segment end, prefill or
 shortage), the whole stretch is advanced with one vectorized cost evaluation; results are
 identical to stepping (``skip_stretches=False``).
 
+The parts live beside this loop: the request scripts are played by
+:class:`~augserve.engine.player.ScriptPlayer` (shared with the live engine), the lazy decode set
+and stretch planning by :mod:`augserve.engine.decode_set`, KV during tool calls by
+:class:`~augserve.engine.tool_kv.ToolKV`, admission block arithmetic by
+:mod:`augserve.engine.admission`, the block pool by :mod:`augserve.engine.kv`.
+
 Units: seconds, tokens, blocks.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from augserve.contract import EngineInfo, EngineState, KVMode, RequestView, State
-from augserve.engine.base import Engine, RunResult, next_event_time, validated
+from augserve.contract import (
+    EngineInfo,
+    EngineState,
+    KVMode,
+    Reject,
+    RequestView,
+    State,
+    kv_decision,
+)
+from augserve.engine.admission import fits, plan_admission
+from augserve.engine.base import Engine, RunResult, validated
 from augserve.engine.cost import CostModel, LinearCostModel, Profile
+from augserve.engine.decode_set import DecodeSet, plan_stretch
 from augserve.engine.kv import BlockPool
-from augserve.records import RequestRecord
-from augserve.request import AugRequest
+from augserve.engine.player import ScriptPlayer, new_record
+from augserve.engine.tool_kv import ToolKV
+from augserve.engine.trace import DecisionTrace
+from augserve.request import AugRequest, ToolCall
 from augserve.sched.base import Policy
-
-_STRETCH_CHUNK = 1024  # steps evaluated at once when skipping a decode-only stretch
 
 
 @dataclass
@@ -67,6 +82,7 @@ class SimConfig:
     max_time_s: float = math.inf  # stop the clock here; unfinished requests are reported
     skip_stretches: bool = True
     audit: bool = False  # check KV accounting after every step (tests; slow)
+    decision_trace: str | None = None  # JSONL file of per-step decisions (engine/trace.py)
 
 
 class _Req:
@@ -75,8 +91,9 @@ class _Req:
     __slots__ = (
         "req", "rec", "state", "seg_idx", "seg_gen", "ctx", "computed", "blocks", "cpu_blocks",
         "submit_s", "wait_since_s", "preempted", "mode", "tool_durations", "return_lengths",
-        "current_tool", "chunks", "in_decode", "j0", "c0", "g0", "epoch", "prev_computed",
-        "recomp_left", "swap_out_left", "swap_in_left", "view", "seq", "gen", "run",
+        "current_tool", "chunks", "in_decode", "dec_step0", "dec_computed0", "dec_gen0", "epoch",
+        "prev_computed", "recomp_left", "swap_out_left", "swap_in_left", "view", "seq", "gen",
+        "run",
     )
 
     def __init__(self, req: AugRequest, seq: int, oracle: bool, run: SimRun) -> None:
@@ -84,11 +101,7 @@ class _Req:
         self.seq = seq
         self.run = run
         self.gen = 0  # tokens generated so far (materialized part)
-        self.rec = RequestRecord(
-            rid=req.rid, aug_type=req.aug_type, arrival_s=req.arrival_s,
-            prompt_tokens=req.prompt_tokens, expected_output_tokens=req.output_tokens,
-            num_calls=req.num_calls,
-        )
+        self.rec = new_record(req)
         self.state = State.WAITING
         self.seg_idx = 0
         self.seg_gen = 0  # tokens generated in the current segment (materialized part)
@@ -103,9 +116,12 @@ class _Req:
         self.tool_durations: list[float] = []
         self.return_lengths: list[int] = []
         self.current_tool: str | None = None
-        self.chunks: list = []  # token times: floats, or (j0, j1) slices of the step clock
+        #: token times: floats (a prefill's token), or (first, end) step ranges of the clock
+        self.chunks: list = []
+        # lazy decoding (augserve.engine.decode_set): the step it joined at, and its computed
+        # tokens and segment tokens then
         self.in_decode = False
-        self.j0 = self.c0 = self.g0 = 0
+        self.dec_step0 = self.dec_computed0 = self.dec_gen0 = 0
         self.epoch = 0
         self.prev_computed = 0  # high-water mark of computed tokens before KV was lost
         self.recomp_left = 0
@@ -115,7 +131,7 @@ class _Req:
 
     # RequestView reads these; decoding requests are materialized lazily from the step counter.
     def _lag(self) -> int:
-        return self.run.k - self.j0 if self.in_decode else 0
+        return self.run.n_steps - self.dec_step0 if self.in_decode else 0
 
     def generated(self) -> int:
         return self.gen + self._lag()
@@ -125,6 +141,9 @@ class _Req:
 
     def computed_now(self) -> int:
         return self.computed + self._lag()
+
+    def first_token_s(self) -> float | None:
+        return self.chunks[0] if self.chunks else None  # the first token comes from a prefill
 
 
 class SimEngine(Engine):
@@ -172,19 +191,14 @@ class SimEngine(Engine):
             swap_bytes_per_s=self.swap_bytes_per_s,
         )
 
-    def run(
-        self, requests: Sequence[AugRequest], policy: Policy, progress: bool = False
-    ) -> RunResult:
-        return SimRun(self, requests, policy, progress).go()
-
-    def start(self, requests: Sequence[AugRequest], policy: Policy) -> SimRun:
-        """A run to drive step by step: ``advance()`` to the next decision, ``step()`` it,
-        ``finish()`` for the records (the gymnasium env's interface)."""
-        return SimRun(self, requests, policy, progress=False)
+    def start(self, requests: Sequence[AugRequest], policy: Policy,
+              progress: bool = False) -> SimRun:
+        """A run to drive step by step (:class:`~augserve.engine.base.Run`)."""
+        return SimRun(self, requests, policy, progress)
 
 
 class SimRun:
-    """One simulation: all mutable state of a run lives here."""
+    """One simulation (a :class:`~augserve.engine.base.Run`): all mutable state of a run."""
 
     def __init__(
         self, eng: SimEngine, requests: Sequence[AugRequest], policy: Policy, progress: bool
@@ -197,108 +211,69 @@ class SimRun:
         policy.reset(self.info)
         reqs = validated(requests, eng.max_model_len, eng.num_blocks, self.bs)
         self.reqs = [_Req(r, i, policy.oracle, self) for i, r in enumerate(reqs)]
+        self.player: ScriptPlayer[_Req] = ScriptPlayer(
+            self.reqs, policy, arrive=self.arrive, resume=self.resume, progress=progress,
+            desc=f"sim {policy.name}")
         self.pool = BlockPool(eng.num_blocks, self.cfg.prefix_caching)
         self.now = 0.0
-        self.k = 0  # steps done
+        self.n_steps = 0  # steps done
         self.clock: list[float] = []  # end time of each step
         self.last_dt = 0.0
-        # sets
         self.running: dict[_Req, None] = {}  # admission order; tail = preemption victim
         self.prefill: dict[_Req, None] = {}  # running requests with prefill work, in order
-        self.swapping_in: dict[_Req, None] = {}
-        self.swapping_out: dict[_Req, None] = {}
-        self.paused: set[_Req] = set()
-        self.paused_blocks = 0
         self.waiting: dict[_Req, None] = {}
         self.waiting_prefill = 0  # Σ (ctx - computed) over waiting requests (fixed while waiting)
-        # lazy decode set
-        self.n_dec = 0
-        self.dec_ctx = 0  # Σ (computed + 1) over decoding requests at the next step
-        self.bucket = [0] * self.bs  # decoding requests needing a new block at step s: s % bs
-        self.seg_heap: list = []  # (k at which the segment ends, seq, req, epoch)
-        self.tool_heap: list = []  # (return time, seq, req)
-        self.next_arrival = 0
-        self.swap_used_bytes = 0.0
-        self.n_finished = 0
-        self.done_log: list[_Req] = []  # requests finished since a driver last cleared it
+        self.dec = DecodeSet(self.bs)
         self.stats = {
             "steps": 0, "forward_s": 0.0, "recompute_s": 0.0, "prefill_tokens": 0,
             "decode_tokens": 0, "recompute_tokens": 0, "preemptions": 0, "swap_out_blocks": 0,
             "swap_in_blocks": 0, "prefix_hit_tokens": 0, "stretch_steps": 0,
             "num_gpu_blocks": eng.num_blocks,
         }
+        self.kv = ToolKV(self.pool, self.bs, self.info.kv_bytes_per_token,
+                         eng.swap_bytes_per_s, self.cfg.swap_space_bytes,
+                         self.info.step_floor_s, self.stats)
         self.dec_allocated = False  # this step's decode blocks are allocated already
-        self.pbar = None
-        if progress:
-            from tqdm import tqdm
-
-            self.pbar = tqdm(total=len(self.reqs), desc=f"sim {policy.name}", unit="req",
-                             leave=False)
+        self.trace = (DecisionTrace.for_policy(self.cfg.decision_trace, policy.name)
+                      if self.cfg.decision_trace else None)
 
     # ------------------------------------------------------------------ helpers
     def state(self) -> EngineState:
+        kv = self.kv
         return EngineState(
-            now_s=self.now, free_blocks=self.pool.free, paused_blocks=self.paused_blocks,
+            now_s=self.now, free_blocks=self.pool.free, paused_blocks=kv.paused_blocks,
             num_running=len(self.running), num_waiting=len(self.waiting),
-            num_paused=len(self.paused), last_step_s=self.last_dt, step=self.k,
+            num_paused=len(kv.paused), last_step_s=self.last_dt, step=self.n_steps,
             running_prefill_tokens=sum(r.ctx - r.computed for r in self.prefill),
             waiting_prefill_tokens=self.waiting_prefill,
-            swap_budget_blocks=self.swap_budget(), info=self.info,
+            swap_budget_blocks=kv.budget(self.last_dt), info=self.info,
         )
-
-    def swap_budget(self) -> int:
-        bw = self.eng.swap_bytes_per_s
-        if math.isinf(bw):
-            return 1 << 30
-        dt = self.last_dt if self.last_dt > 0 else self.info.step_floor_s
-        return max(1, int(bw * dt / (self.info.kv_bytes_per_token * self.bs)))
 
     def nblocks(self, tokens: int) -> int:
         return -(-tokens // self.bs)
 
-    def enqueue(self, r: _Req, t: float) -> None:
+    def enqueue(self, r: _Req, t: float) -> Reject | None:
         r.state = State.WAITING
         r.wait_since_s = t
         self.waiting[r] = None
         self.waiting_prefill += r.ctx - r.computed
-        self.policy.on_enqueue(r.view, self.state())
+        return self.policy.on_enqueue(r.view, self.state())
 
-    # -- lazy decode set
-    def dec_join(self, r: _Req) -> None:
-        """``r`` decodes from the next step on (``self.k``)."""
-        r.in_decode = True
-        r.j0, r.c0, r.g0 = self.k, r.computed, r.seg_gen
-        r.epoch += 1
-        self.n_dec += 1
-        self.dec_ctx += r.computed + 1
-        self.bucket[(r.j0 - r.c0) % self.bs] += 1
-        seg_len = r.req.segments[r.seg_idx].gen_tokens
-        heapq.heappush(self.seg_heap, (self.k + seg_len - r.seg_gen, r.seq, r, r.epoch))
+    def arrive(self, r: _Req) -> None:
+        rej = self.enqueue(r, r.req.arrival_s)
+        if rej is not None:  # admission control: the request leaves without running
+            del self.waiting[r]
+            self.waiting_prefill -= r.ctx - r.computed
+            r.state = State.FINISHED
+            self.player.reject(r, r.req.arrival_s, str(rej.reason))
 
-    def dec_leave(self, r: _Req) -> None:
-        """Materialize ``r``'s lazily decoded tokens up to now and take it out of the set."""
-        steps = self.k - r.j0
-        r.in_decode = False
-        r.epoch += 1
-        self.n_dec -= 1
-        self.dec_ctx -= r.c0 + steps + 1
-        self.bucket[(r.j0 - r.c0) % self.bs] -= 1
-        if steps:
-            r.computed = r.c0 + steps
-            r.ctx += steps
-            r.gen += steps
-            r.seg_gen = r.g0 + steps
-            r.blocks = self.nblocks(r.computed)
-            r.chunks.append((r.j0, self.k))
-        if self.dec_allocated and (r.j0 - r.c0) % self.bs == self.k % self.bs:
-            r.blocks += 1  # the block allocated for this step's token, which will not come
+    def run_on(self, r: _Req) -> None:
+        """``r`` (re)joins the running set with prefill work (its next chunk)."""
+        r.state = State.RUNNING
+        self.running[r] = None
+        self.prefill[r] = None
 
     # ------------------------------------------------------------------ main loop
-    def go(self) -> RunResult:
-        while self.advance():
-            self.step()
-        return self.finish()
-
     def decision_pending(self) -> bool:
         """A waiting request could be admitted in the next step: the policy decides something."""
         return (bool(self.waiting) and self.pool.free > 0
@@ -307,13 +282,18 @@ class SimRun:
     def advance(self) -> bool:
         """Run until the next step that needs a policy decision. True: call ``step()`` next;
         False: the run is over (everything finished, or the time limit)."""
-        n = len(self.reqs)
+        player = self.player
         cfg = self.cfg
-        while self.n_finished < n:
-            self.process_events()
+        kv = self.kv
+        while not player.all_finished():
+            if kv.expiry and kv.expiry[0][0] <= self.now:  # a TTL ends before its tool returns
+                for r in kv.expire_due(self.now):
+                    if self.trace is not None:
+                        self.trace.expired(r.req.rid)
+            player.play_due(self.now)
             if self.now >= cfg.max_time_s:
                 return False
-            if not self.running and not self.swapping_out and not self.can_admit_anything():
+            if not self.running and not kv.swapping_out and not self.can_admit_anything():
                 nxt = self.next_event_time()
                 if nxt is None:
                     if self.waiting:
@@ -321,8 +301,8 @@ class SimRun:
                     return False
                 self.now = max(self.now, min(nxt, cfg.max_time_s))
                 continue
-            if (cfg.skip_stretches and self.n_dec and not self.prefill and not self.waiting
-                    and not self.swapping_in and not self.swapping_out):
+            if (cfg.skip_stretches and self.dec.n and not self.prefill and not self.waiting
+                    and not kv.transfers_pending()):
                 if self.stretch():
                     continue
             if self.decision_pending():
@@ -330,41 +310,39 @@ class SimRun:
             self.step()
         return False
 
-    def next_event_time(self) -> float | None:
-        return next_event_time(self.reqs, self.next_arrival, self.tool_heap)
-
-    def process_events(self) -> None:
-        now = self.now
-        reqs = self.reqs
-        while self.next_arrival < len(reqs) and reqs[self.next_arrival].req.arrival_s <= now:
-            r = reqs[self.next_arrival]
-            self.next_arrival += 1
-            self.enqueue(r, r.req.arrival_s)
-        while self.tool_heap and self.tool_heap[0][0] <= now:
-            t_ret, _, r = heapq.heappop(self.tool_heap)
-            self.tool_return(r, t_ret)
-
     def can_admit_anything(self) -> bool:
         return bool(self.waiting) and self.pool.free > 0
+
+    def next_event_time(self) -> float | None:
+        """Earliest next arrival, tool return or KV time-to-live end (s); None if none."""
+        t = self.player.next_event_time()
+        if self.kv.expiry:
+            e = self.kv.expiry[0][0]
+            t = e if t is None or e < t else t
+        return t
 
     # ------------------------------------------------------------------ one step
     def step(self) -> None:
         """One engine iteration (one forward pass, or a jump to the next event if idle)."""
+        before = self.n_steps
         self._step()
+        if self.trace is not None and self.n_steps > before:  # an idle jump ran no step
+            self.trace.flush(self.n_steps, self.now)
         if self.cfg.audit:
             self.audit()
 
     def _step(self) -> None:
         pool = self.pool
-        bs = self.bs
+        dec = self.dec
+        kv = self.kv
         cfg = self.cfg
         preempted = False
         # 1. decodes: blocks for this step's new tokens
-        need = self.bucket[self.k % bs]
+        need = dec.blocks_needed(self.n_steps)
         while need > pool.free:
             self.preempt(next(reversed(self.running)))
             preempted = True
-            need = self.bucket[self.k % bs]
+            need = dec.blocks_needed(self.n_steps)
         pool.allocate(need)
         self.dec_allocated = True
         # 2. running prefills, in admission order
@@ -374,7 +352,9 @@ class SimRun:
             self.policy.on_step(state)
             budget = int(self.policy.token_budget(state))
             budget = max(1, min(budget, cfg.max_num_batched_tokens))
-            room = budget - self.n_dec
+            if self.trace is not None:
+                self.trace.budget(budget)
+            room = budget - dec.n
             for r in list(self.prefill):
                 if room <= 0:
                     break
@@ -398,11 +378,11 @@ class SimRun:
                 self.admit(room, sched)
         self.dec_allocated = False
         # swap transfers (each direction has its own per-step budget: PCIe is full duplex)
-        swapping = bool(self.swapping_in or self.swapping_out)
-        if self.swapping_in:
-            self.do_swap_in(self.swap_budget())
-        if self.swapping_out:
-            self.do_swap_out(self.swap_budget())
+        swapping = kv.transfers_pending()
+        if kv.swapping_in:
+            kv.swap_in(kv.budget(self.last_dt))
+        if kv.swapping_out:
+            kv.swap_out(kv.budget(self.last_dt))
         # 4. time
         sched = [(r, c) for r, c in sched if r.state is State.RUNNING]
         pf_tokens = 0
@@ -416,8 +396,8 @@ class SimRun:
                 r.recomp_left -= x
                 r.rec.recomputed_tokens += x
                 rc_tokens += x
-        dec_ctx = self.dec_ctx
-        n_tokens = self.n_dec + pf_tokens
+        dec_ctx = dec.ctx
+        n_tokens = dec.n + pf_tokens
         if n_tokens == 0:
             # only swap traffic or nothing schedulable: wait for the next event
             nxt = self.next_event_time()
@@ -432,7 +412,7 @@ class SimRun:
         self.stats["recompute_s"] += dt * rc_tokens / n_tokens
         self.stats["prefill_tokens"] += pf_tokens
         self.stats["recompute_tokens"] += rc_tokens
-        self.tick(dt, self.n_dec, dec_ctx, 1)
+        self.tick(dt, dec.n, dec_ctx, 1)
         # 5. outcomes
         t = self.now
         for r, c in sched:
@@ -446,108 +426,65 @@ class SimRun:
         self.now = self.now + dt
         self.last_dt = dt
         self.clock.append(self.now)
-        self.k += 1
+        self.n_steps += 1
         self.stats["steps"] += 1
         self.stats["forward_s"] += dt if steps else 0.0
         self.stats["decode_tokens"] += n_dec
-        self.dec_ctx += self.n_dec
-
-    def need(self, r: _Req, room: int) -> tuple[int, int, int]:
-        """(prefix-hit blocks, chunk tokens, new blocks) to admit ``r`` with ``room`` tokens."""
-        hit = 0
-        if r.computed == 0 and self.pool.caching:
-            hit = min(self.pool.cached(r.req.rid), (r.ctx - 1) // self.bs)
-        base = r.computed if r.computed else hit * self.bs
-        c = min(r.ctx - base, room)
-        return hit, c, self.nblocks(base + c) - r.blocks - hit
-
-    def candidates(self, room_ref: list[int]):
-        """Waiting requests in the policy's order (lazily)."""
-        def fits(view: RequestView) -> bool:
-            hit, _, add = self.need(view._r, room_ref[0])
-            return add <= self.pool.free - hit
-        for v in self.policy.candidates(self.state(), fits):
-            yield v._r
+        self.dec.ctx += self.dec.n
 
     def admit(self, room: int, sched: list) -> int:
+        """vLLM's waiting loop: admit in the policy's order until a request does not fit (its
+        head-of-line rule), the room is spent or ``max_num_seqs`` run. Returns the room left."""
         pool = self.pool
+        bs = self.bs
         cfg = self.cfg
         pol = self.policy
-        room_ref = [room]
-        for r in self.candidates(room_ref):
-            if room_ref[0] <= 0 or len(self.running) >= cfg.max_num_seqs:
+
+        def fits_now(view: RequestView) -> bool:  # reads ``room`` as the loop leaves it
+            return fits(plan_admission(view._r, room, pool, bs), pool)
+
+        for v in pol.candidates(self.state(), fits_now):
+            r = v._r
+            if room <= 0 or len(self.running) >= cfg.max_num_seqs:
                 break
             if r.state is not State.WAITING:
                 raise RuntimeError(f"policy offered {r.req.rid}, which is not waiting")
-            hit, c, add = self.need(r, room_ref[0])
-            if add > pool.free - hit:
+            plan = plan_admission(r, room, pool, bs)
+            if not fits(plan, pool):
                 break  # head-of-line: vLLM stops admitting at the first request that does not fit
+            hit, c, add = plan
             self.waiting_prefill -= r.ctx - r.computed  # before a prefix hit changes computed
             if hit:
                 pool.touch(r.req.rid, hit)
                 r.blocks += hit
-                r.computed = hit * self.bs
+                r.computed = hit * bs
                 r.rec.prefix_hit_tokens += r.computed
                 self.stats["prefix_hit_tokens"] += r.computed
             r.recomp_left = max(0, r.prev_computed - r.computed)
             pool.allocate(add)
             r.blocks += add
             del self.waiting[r]
-            r.state = State.RUNNING
             r.preempted = False
-            self.running[r] = None
-            self.prefill[r] = None
+            self.run_on(r)
             pol.on_admit(r.view)
-            if r.cpu_blocks:
-                r.swap_in_left = r.cpu_blocks
-                self.swapping_in[r] = None
+            if self.trace is not None:
+                self.trace.admitted(r.req.rid)
+            if self.kv.start_swap_in(r):
                 continue  # compute starts once its KV is back
             sched.append((r, c))
-            room_ref[0] -= c
-        return room_ref[0]
-
-    def do_swap_in(self, budget: int) -> None:
-        for r in list(self.swapping_in):
-            if budget <= 0:
-                break
-            x = min(budget, r.swap_in_left)
-            r.swap_in_left -= x
-            r.cpu_blocks -= x
-            self.swap_used_bytes -= x * self.bs * self.info.kv_bytes_per_token
-            budget -= x
-            self.stats["swap_in_blocks"] += x
-            if not r.swap_in_left:
-                del self.swapping_in[r]
-
-    def do_swap_out(self, budget: int) -> None:
-        for r in list(self.swapping_out):
-            if budget <= 0:
-                break
-            x = min(budget, r.swap_out_left)
-            r.swap_out_left -= x
-            r.blocks -= x
-            r.cpu_blocks += x
-            self.paused_blocks -= x
-            self.pool.release(r.req.rid, x, 0)
-            budget -= x
-            self.stats["swap_out_blocks"] += x
-            if not r.swap_out_left:
-                del self.swapping_out[r]
+            room -= c
+        return room
 
     def preempt(self, v: _Req) -> None:
         """Preempt ``v`` by recompute (vLLM V1): free its blocks; it waits at the front."""
         if v.in_decode:
-            self.dec_leave(v)
+            self.dec.leave(v, self.n_steps, self.dec_allocated)
         del self.running[v]
         self.prefill.pop(v, None)
         full = v.computed // self.bs
-        if v in self.swapping_in:
-            # the copy back is abandoned: the CPU copy is dropped and the GPU blocks hold an
-            # incomplete context, so nothing of it is cached; recompute covers it all
-            del self.swapping_in[v]
-            self.swap_used_bytes -= v.cpu_blocks * self.bs * self.info.kv_bytes_per_token
-            v.cpu_blocks = 0
-            v.swap_in_left = 0
+        if self.kv.abandon_swap_in(v):
+            # the GPU blocks hold an incomplete context, so nothing of it is cached; recompute
+            # covers it all
             full = 0
         self.pool.release(v.req.rid, v.blocks, full)
         v.prev_computed = max(v.prev_computed, v.computed)
@@ -557,13 +494,16 @@ class SimRun:
         v.preempted = True
         v.rec.preemptions += 1
         self.stats["preemptions"] += 1
-        self.enqueue(v, self.now)
+        if self.trace is not None:
+            self.trace.preempted(v.req.rid)
+        self._requeue(v, self.now)
 
     # ------------------------------------------------------------------ tokens and tools
     def emit(self, r: _Req, t: float) -> None:
         """``r`` finished a prefill at ``t``: it samples one token."""
         if r.seg_gen == 0:
             r.rec.seg_start_idx.append(self.token_count(r))
+            r.rec.seg_first_s.append(t)
         r.chunks.append(t)
         r.ctx += 1
         r.gen += 1
@@ -571,7 +511,7 @@ class SimRun:
         if r.seg_gen == r.req.segments[r.seg_idx].gen_tokens:
             self.segment_end(r)
         else:
-            self.dec_join(r)
+            self.dec.join(r, self.n_steps)
 
     def token_count(self, r: _Req) -> int:
         n = 0
@@ -580,135 +520,69 @@ class SimRun:
         return n
 
     def fire_segment_ends(self) -> None:
-        heap = self.seg_heap
-        k = self.k
-        while heap and heap[0][0] <= k:
-            _, _, r, ep = heapq.heappop(heap)
-            if ep != r.epoch or not r.in_decode:
-                continue
-            self.dec_leave(r)
+        dec = self.dec
+        while (r := dec.pop_ended(self.n_steps)) is not None:
+            dec.leave(r, self.n_steps, self.dec_allocated)
             self.segment_end(r)
 
     def segment_end(self, r: _Req) -> None:
-        seg = r.req.segments[r.seg_idx]
         t = self.now
         del self.running[r]
         self.prefill.pop(r, None)
-        if seg.call is None:
-            self.finish_request(r, t)
-            return
-        r.rec.tool_start_s.append(t)
-        r.current_tool = seg.call.kind
-        r.state = State.PAUSED
-        mode = KVMode(self.policy.on_intercept(r.view, self.state()))
-        if mode is KVMode.SWAP:
-            need = r.blocks * self.bs * self.info.kv_bytes_per_token
-            if self.swap_used_bytes + need > self.cfg.swap_space_bytes:
-                mode = KVMode.DISCARD  # CPU swap space is full
-        r.mode = mode
-        r.rec.kv_modes.append(mode.value)
-        self.paused.add(r)
-        if mode is KVMode.PRESERVE:
-            self.paused_blocks += r.blocks
-        elif mode is KVMode.SWAP:
-            self.paused_blocks += r.blocks
-            r.swap_out_left = r.blocks
-            self.swap_used_bytes += r.blocks * self.bs * self.info.kv_bytes_per_token
-            self.swapping_out[r] = None
-        else:  # vllm, discard: the KV goes back to the pool (the prefix cache may keep it)
+        call = self.player.end_segment(r, t)
+        if call is None:  # the last segment: the request is done
+            r.state = State.FINISHED
             self.pool.release(r.req.rid, r.blocks, r.computed // self.bs)
-            r.prev_computed = max(r.prev_computed, r.computed)
             r.blocks = 0
-            r.computed = 0
-        heapq.heappush(self.tool_heap, (t + seg.call.duration_s, r.seq, r))
-
-    def tool_return(self, r: _Req, t_ret: float) -> None:
-        seg = r.req.segments[r.seg_idx]
-        r.rec.tool_return_s.append(t_ret)
-        r.tool_durations.append(seg.call.duration_s)
-        r.return_lengths.append(seg.call.return_tokens)
-        self.policy.on_tool_return(r.view, seg.call.duration_s)
-        self.paused.discard(r)
-        r.ctx += seg.call.return_tokens
-        r.seg_idx += 1
-        r.seg_gen = 0
-        r.current_tool = None
-        if r.mode is KVMode.PRESERVE:
-            self.paused_blocks -= r.blocks
-            r.state = State.RUNNING
-            self.running[r] = None
-            self.prefill[r] = None
+            self.policy.on_leave(r.view)
             return
-        if r.mode is KVMode.SWAP:
-            if r in self.swapping_out:  # the call ended before the copy out did
-                del self.swapping_out[r]
-                self.swap_used_bytes -= (r.swap_out_left * self.bs
-                                         * self.info.kv_bytes_per_token)
-                r.swap_out_left = 0
-            self.paused_blocks -= r.blocks  # blocks not yet copied out stay on the GPU
-            if r.cpu_blocks == 0:  # nothing left the GPU: continue as if preserved
-                r.state = State.RUNNING
-                self.running[r] = None
-                self.prefill[r] = None
-                return
-            # re-admission allocates blocks for the CPU part and copies it back; the part that
-            # never left stays allocated meanwhile
+        r.state = State.PAUSED
+        d = kv_decision(self.policy.on_intercept(r.view, self.state()))
+        self.kv.park(r, d.mode, d.ttl_s, t, call.duration_s)
+        if self.trace is not None:
+            self.trace.kv(r.req.rid, r.mode.value)
+
+    def resume(self, r: _Req, t_ret: float, call: ToolCall) -> None:
+        """``r``'s tool returned at ``t_ret`` (the player recorded it)."""
+        r.ctx += call.return_tokens
+        r.seg_gen = 0
+        if self.kv.unpark(r):
+            self.run_on(r)
+            return
         r.submit_s = t_ret
         r.preempted = False
-        self.enqueue(r, t_ret)
+        self._requeue(r, t_ret)
 
-    def finish_request(self, r: _Req, t: float) -> None:
-        r.state = State.FINISHED
-        self.pool.release(r.req.rid, r.blocks, r.computed // self.bs)
-        r.blocks = 0
-        r.rec.finished = True
-        r.rec.finish_s = t
-        self.n_finished += 1
-        self.done_log.append(r)
-        self.policy.on_leave(r.view)
-        if self.pbar is not None:
-            self.pbar.update(1)
+    def _requeue(self, r: _Req, t: float) -> None:
+        if self.enqueue(r, t) is not None:
+            raise RuntimeError(f"policy {self.policy.name} rejected {r.req.rid} after it ran: "
+                               "Reject is an answer to a new arrival only")
 
     # ------------------------------------------------------------------ stretches
     def stretch(self) -> bool:
         """Advance a run of decode-only steps with no event at once. False if under 2 steps."""
-        heap = self.seg_heap
-        while heap and (heap[0][3] != heap[0][2].epoch or not heap[0][2].in_decode):
-            heapq.heappop(heap)
-        if not heap:
-            return False
-        m_seg = heap[0][0] - self.k  # steps until the first segment end fires
-        if m_seg < 2:
-            return False
         nxt = self.next_event_time()
         t_lim = min(nxt if nxt is not None else math.inf, self.cfg.max_time_s)
-        m = min(m_seg, _STRETCH_CHUNK)
-        ks = np.arange(self.k, self.k + m)
-        # blocks: stop before the first step whose new blocks do not fit
-        need = np.asarray(self.bucket)[ks % self.bs].cumsum()
-        m = min(m, int(np.searchsorted(need, self.pool.free, side="right")))
-        if m < 2:
+        plan = plan_stretch(self.dec, self.n_steps, self.now, self.pool.free, t_lim,
+                            self.eng.cost)
+        if plan is None:
             return False
-        nd = self.n_dec
-        ctx = self.dec_ctx + nd * np.arange(m, dtype=np.int64)
-        dts = self.eng.cost.step_times(np.full(m, nd, dtype=np.int64), ctx, np.zeros(m))
-        t = np.cumsum(np.concatenate(([self.now], dts)))
-        # step j (j >= 1) starts at t[j]; it may run only if no event is due by then
-        m = min(m, 1 + int(np.searchsorted(t[1:m], t_lim, side="left")))
-        if m < 2:
-            return False
-        self.pool.allocate(int(need[m - 1]))
-        self.clock.extend(t[1:m + 1].tolist())
-        self.now = float(t[m])
-        self.last_dt = float(dts[m - 1])
-        self.k += m
-        self.dec_ctx += nd * m
+        m = plan.steps
+        nd = self.dec.n
+        self.pool.allocate(plan.blocks)
+        self.clock.extend(plan.ends_s.tolist())
+        self.now = float(plan.ends_s[-1])
+        self.last_dt = float(plan.dts[-1])
+        self.n_steps += m
+        self.dec.ctx += nd * m
         st = self.stats
         st["steps"] += m
         st["stretch_steps"] += m
-        st["forward_s"] += float(dts[:m].sum())
+        st["forward_s"] += float(plan.dts.sum())
         st["decode_tokens"] += nd * m
         self.fire_segment_ends()
+        if self.trace is not None:
+            self.trace.flush(self.n_steps, self.now)
         return True
 
     def audit(self) -> None:
@@ -727,8 +601,9 @@ class SimRun:
         if held + pool.free != pool.total:
             raise AssertionError(f"held {held} + free {pool.free} != total {pool.total}")
         swapped = sum(r.cpu_blocks + r.swap_out_left for r in self.reqs)
-        if abs(swapped * self.bs * self.info.kv_bytes_per_token - self.swap_used_bytes) > 1e-6:
-            raise AssertionError(f"swap space {self.swap_used_bytes} B != {swapped} blocks held")
+        if abs(swapped * self.kv.block_bytes - self.kv.swap_used_bytes) > 1e-6:
+            raise AssertionError(f"swap space {self.kv.swap_used_bytes} B != {swapped} blocks "
+                                 "held")
         backlog = sum(r.ctx - r.computed for r in self.waiting)
         if backlog != self.waiting_prefill:
             raise AssertionError(f"prefill backlog {self.waiting_prefill} != {backlog} waiting")
@@ -736,12 +611,13 @@ class SimRun:
     # ------------------------------------------------------------------ results
     def finish(self) -> RunResult:
         """Records of every request (unfinished ones as far as they got)."""
-        if self.pbar is not None:
-            self.pbar.close()
+        self.player.close()
+        if self.trace is not None:
+            self.trace.close()
         clock = np.asarray(self.clock)
         for r in self.reqs:
             if r.in_decode:
-                self.dec_leave(r)
+                self.dec.leave(r, self.n_steps, self.dec_allocated)
             parts = []
             for ch in r.chunks:
                 if isinstance(ch, float):

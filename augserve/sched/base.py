@@ -5,15 +5,18 @@ ask what kind of policy it is:
 
 * a request enters the waiting queue (``on_enqueue``: on arrival, after a tool call, after a
   preemption), is admitted to the running set (``on_admit``), and leaves the engine
-  (``on_leave``: finished or aborted, from wherever it is);
+  (``on_leave``: finished or aborted, from wherever it is). On arrival ``on_enqueue`` may answer
+  :class:`~augserve.contract.Reject` to turn the request away (admission control: the
+  simulator finishes it unrun, the vLLM scheduler aborts it);
 * on a step where prefill work could be scheduled, ``on_step(state)`` (the place for a learned
   policy's network), then ``token_budget(state)`` (no side effects);
 * when the engine can admit, it walks ``candidates(state, fits)`` lazily. ``fits(view)`` says
   whether ``view``'s next chunk fits the free KV now: admission stops at the first candidate
   that does not (vLLM's head-of-line rule), so a policy that wants to skip such a request
   yields a fitting one first;
-* at a tool call, ``on_intercept(view, state)`` picks the KV mode; at its return,
-  ``on_tool_return(view, duration_s)``.
+* at a tool call, ``on_intercept(view, state)`` picks the KV mode (a
+  :class:`~augserve.contract.KVMode`, or a :class:`~augserve.contract.KVDecision` with a
+  time-to-live); at its return, ``on_tool_return(view, duration_s)``.
 
 Policies see :class:`~augserve.contract.RequestView` and :class:`~augserve.contract.EngineState`
 only, and never import an engine module. A policy that orders by a key fixed at enqueue time
@@ -25,7 +28,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 
-from augserve.contract import EngineInfo, EngineState, KVMode, RequestView
+from augserve.contract import EngineInfo, EngineState, KVDecision, KVMode, Reject, RequestView
 
 
 class Policy(ABC):
@@ -37,8 +40,9 @@ class Policy(ABC):
     oracle: bool = False
 
     @abstractmethod
-    def on_enqueue(self, view: RequestView, state: EngineState) -> None:
-        """``view`` entered the waiting queue."""
+    def on_enqueue(self, view: RequestView, state: EngineState) -> Reject | None:
+        """``view`` entered the waiting queue. On a new arrival the answer may be a
+        :class:`~augserve.contract.Reject`: the request leaves at once (no ``on_leave``)."""
 
     @abstractmethod
     def on_admit(self, view: RequestView) -> None:
@@ -69,8 +73,8 @@ class Policy(ABC):
         """
 
     @abstractmethod
-    def on_intercept(self, view: RequestView, state: EngineState) -> KVMode:
-        """KV mode for the tool call ``view`` has just made."""
+    def on_intercept(self, view: RequestView, state: EngineState) -> KVMode | KVDecision:
+        """KV mode (optionally with a time-to-live) for the tool call ``view`` has just made."""
 
     def on_tool_return(self, view: RequestView, duration_s: float) -> None:  # noqa: B027
         """Observe a finished tool call (for estimators); default: nothing."""

@@ -1,16 +1,19 @@
-"""Hydra-free policy factory for the vLLM scheduler classes (``--additional-config``).
+"""The policy factory of the vLLM scheduler classes (``--additional-config``).
 
 ``--additional-config '{"augserve": {...}}'`` keys:
 
 =========================  =========================================================================
 key                        meaning
 =========================  =========================================================================
-``policy``                 ``vllm`` (default), ``infercept``, ``augserve``, ``lamps``, ``ltr``,
-                           ``predicted_sjf``, ``rl_ckpt`` (the learned Stage II; its
-                           ``policy_kwargs`` name the ``checkpoint`` dir), or a
-                           ``module.Class`` qualname
-``policy_kwargs``          keyword arguments of the policy's constructor
-``max_num_batched_tokens`` the policy's static budget (default: vLLM's ``max_num_batched_tokens``)
+``policy``                 a ``conf/policy/<name>.yaml`` name (default ``vllm``; ``augserve``,
+                           ``augserve_no_budget``, ``augserve_stage1``, ``infercept``, ``lamps``,
+                           ``ltr``, ``predicted_sjf``, ``rl_ckpt``: the learned Stage II, its
+                           ``checkpoint`` dir from the yaml unless ``policy_kwargs`` names one;
+                           not ``oracle``, which reads request scripts), or a ``module.Class``
+                           qualname
+``policy_kwargs``          keyword arguments of the policy's constructor (over the yaml's)
+``max_num_batched_tokens`` the policy's static budget (default: vLLM's ``max_num_batched_tokens``;
+                           the yaml's value is the simulator's and is not used)
 ``predictor``              a Stage I artifact directory (e.g. ``data/predictors/lgbm``), or
                            ``hints`` (default) to use only per-request hints
 ``slo``                    SLO spec for policies that take one (``"ttft:1000"``)
@@ -20,6 +23,13 @@ key                        meaning
                            the policy sees, hints included) and per admission (step, budget)
 =========================  =========================================================================
 
+Policy names are the project's one registry, the Hydra configs ``conf/policy/*.yaml`` that
+``serve.py`` uses (shipped in the package as ``augserve/conf/``): a name's ``_target_`` and
+keys are the constructor's arguments, with the deployment's predictor for ``${predictor}`` and
+its ``slo`` for ``${slo.spec}``, instantiated as Hydra does (nested ``_target_`` nodes are built,
+other nested nodes are passed as ``DictConfig``/``ListConfig``); ``policy_kwargs`` and the
+budget rule above override them.
+
 This module is the composition root of a vLLM deployment (the role Hydra plays for
 ``serve.py``): it is the only place in ``augserve.vllm`` that may import ``predictors/`` or
 ``rl/``, and only when the configuration names an artifact or the learned policy.
@@ -27,9 +37,11 @@ This module is the composition root of a vLLM deployment (the role Hydra plays f
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,16 +50,36 @@ from augserve.contract import RequestView
 from augserve.predictor import Prediction, Predictor, predict_tool_s, reset_predictor
 from augserve.sched.base import Policy
 
-#: policy name -> (qualname, needs a predictor)
-POLICIES: dict[str, tuple[str, bool]] = {
-    "vllm": ("augserve.sched.vllm.VLLMPolicy", False),
-    "infercept": ("augserve.sched.infercept.InferCeptPolicy", False),
-    "augserve": ("augserve.sched.augserve.AugServePolicy", True),
-    "lamps": ("augserve.sched.lamps.LAMPSPolicy", True),
-    "ltr": ("augserve.sched.ltr.LTRPolicy", True),
-    "predicted_sjf": ("augserve.sched.predicted_sjf.PredictedSJFPolicy", True),
-    "rl_ckpt": ("rl.rl_policy.make_rl_policy", True),  # policy_kwargs: {"checkpoint": <dir>}
-}
+#: where the Hydra configs are: ``augserve/conf`` in an installed wheel (package data), the
+#: repository's top-level ``conf/`` in a checkout or an editable install
+_CONF_CANDIDATES = (Path(__file__).resolve().parents[1] / "conf",
+                    Path(__file__).resolve().parents[2] / "conf")
+
+#: the settings an ``{"augserve": {...}}`` additional config may have
+SETTINGS = frozenset({"policy", "policy_kwargs", "max_num_batched_tokens", "predictor", "slo",
+                      "profile", "trace"})
+
+
+def conf_dir() -> Path:
+    """The directory of the project's Hydra configs (``serve.yaml``, ``policy/``, ...)."""
+    for d in _CONF_CANDIDATES:
+        if (d / "policy").is_dir():
+            return d
+    raise FileNotFoundError("augserve's Hydra configs (conf/policy/*.yaml) are neither in the "
+                            f"package nor in the source tree: looked in "
+                            f"{', '.join(str(d) for d in _CONF_CANDIDATES)}")
+
+
+def policy_registry() -> dict[str, Path]:
+    """Policy name -> its ``conf/policy/<name>.yaml``, sorted by name."""
+    return {p.stem: p for p in sorted((conf_dir() / "policy").glob("*.yaml"))}
+
+
+def policy_targets() -> dict[str, str]:
+    """Policy name -> the ``_target_`` of its config (a class or a factory returning a policy)."""
+    from omegaconf import OmegaConf
+
+    return {n: str(OmegaConf.load(p)["_target_"]) for n, p in policy_registry().items()}
 
 
 class HintPredictor:
@@ -121,45 +153,88 @@ def load_predictor(spec: str | None) -> Predictor:
     return HintPredictor(base=load_artifact(str(spec)))
 
 
-def _resolve(name: str) -> tuple[Callable[..., Policy], bool]:
-    """A policy class, or a factory returning a policy (a Hydra ``_target_`` may be either)."""
-    qual, needs = POLICIES.get(name, (name, False))
-    if "." not in qual:
-        raise ValueError(f"unknown augserve policy {name!r}; known: {', '.join(POLICIES)} "
-                         "or a module.Class qualname")
-    mod, _, cls = qual.rpartition(".")
-    obj = getattr(importlib.import_module(mod), cls)
+def _refuse_oracle(name: str, obj: Any) -> None:
+    if getattr(obj, "oracle", False):
+        raise ValueError(f"policy {name!r} reads request scripts (oracle); a server has none")
+
+
+def _from_registry(name: str, path: Path, cfg: Mapping[str, Any]) -> functools.partial:
+    """The policy factory of ``conf/policy/<name>.yaml`` (Hydra ``_partial_`` instantiation):
+    ``${predictor}`` is the deployment's predictor (:func:`load_predictor` of its
+    ``predictor`` setting, built by Hydra like serve.py's artifact node), ``${slo.spec}`` its
+    ``slo``."""
+    from hydra.utils import get_object, instantiate
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    node = OmegaConf.load(path)
+    target = node.get("_target_")
+    if not target:
+        raise ValueError(f"policy {name!r}: {path} has no _target_")
+    _refuse_oracle(name, get_object(str(target)))
+    root = OmegaConf.create({
+        "predictor": {"_target_": f"{__name__}.load_predictor", "spec": cfg.get("predictor")},
+        "slo": {"spec": cfg.get("slo")},
+        "policy": node,
+    })
+    try:
+        OmegaConf.to_container(root.policy, resolve=True)
+    except InterpolationResolutionError as e:
+        raise ValueError(f"policy {name!r}: {path} interpolates something a deployment does not "
+                         f"have (only ${{predictor}} and ${{slo.spec}}): {e}") from e
+    return instantiate(root.policy, _partial_=True)
+
+
+def _from_qualname(qual: str, cfg: Mapping[str, Any]) -> functools.partial:
+    """The factory of a ``module.Class`` (or factory function) qualname: its own defaults, the
+    deployment's predictor if it takes one, the ``slo`` if it takes one (or ``**kwargs``)."""
+    mod, _, attr = qual.rpartition(".")
+    obj = getattr(importlib.import_module(mod), attr)
     if (isinstance(obj, type) and not issubclass(obj, Policy)) or not callable(obj):
         raise TypeError(f"{qual} is not an augserve Policy")
-    if name not in POLICIES:
-        needs = "predictor" in inspect.signature(obj).parameters
-    return obj, needs
+    _refuse_oracle(qual, obj)
+    params = inspect.signature(obj).parameters
+    kwargs: dict[str, Any] = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if ("slo" in params or takes_any) and cfg.get("slo") is not None:  # RLPolicy: **augserve
+        kwargs["slo"] = cfg["slo"]
+    if "predictor" in params:
+        kwargs["predictor"] = load_predictor(cfg.get("predictor"))
+    return functools.partial(obj, **kwargs)
+
+
+def policy_factory(cfg: Mapping[str, Any], max_num_batched_tokens: int) -> functools.partial:
+    """What :func:`make_policy` calls: the policy class (or factory) with every keyword argument
+    the ``{"augserve": cfg}`` additional config gives it (see the module docstring).
+
+    ``max_num_batched_tokens``: vLLM's per-step token cap, the policy's budget unless ``cfg``
+    (``max_num_batched_tokens`` or ``policy_kwargs``) sets one.
+    """
+    unknown = sorted(set(cfg) - SETTINGS)
+    if unknown:
+        raise ValueError(f"unknown augserve setting {unknown[0]!r} in --additional-config; "
+                         f"known: {', '.join(sorted(SETTINGS))}")
+    name = str(cfg.get("policy") or "vllm")
+    registry = policy_registry()
+    if name in registry:
+        base = _from_registry(name, registry[name], cfg)
+    elif "." in name:
+        base = _from_qualname(name, cfg)
+    else:
+        raise ValueError(f"unknown augserve policy {name!r}; known: {', '.join(registry)} "
+                         f"({conf_dir() / 'policy'}/<name>.yaml) or a module.Class qualname")
+    kwargs: dict[str, Any] = dict(cfg.get("policy_kwargs") or {})
+    if "max_num_batched_tokens" in inspect.signature(base.func).parameters:
+        kwargs.setdefault("max_num_batched_tokens",
+                          int(cfg.get("max_num_batched_tokens") or max_num_batched_tokens))
+    return functools.partial(base.func, *base.args, **{**base.keywords, **kwargs})
 
 
 def make_policy(cfg: Mapping[str, Any], max_num_batched_tokens: int) -> Policy:
     """The policy an ``{"augserve": cfg}`` additional config asks for (see module docstring)."""
-    known = {"policy", "policy_kwargs", "max_num_batched_tokens", "predictor", "slo", "profile",
-             "trace"}
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ValueError(f"unknown augserve setting {unknown[0]!r} in --additional-config; "
-                         f"known: {', '.join(sorted(known))}")
-    name = str(cfg.get("policy") or "vllm")
-    cls, needs_predictor = _resolve(name)
-    if getattr(cls, "oracle", False):
-        raise ValueError(f"policy {name!r} reads request scripts (oracle); a server has none")
-    params = inspect.signature(cls).parameters
-    kwargs: dict[str, Any] = dict(cfg.get("policy_kwargs") or {})
-    if "max_num_batched_tokens" in params:
-        kwargs.setdefault("max_num_batched_tokens",
-                          int(cfg.get("max_num_batched_tokens") or max_num_batched_tokens))
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if ("slo" in params or takes_any) and cfg.get("slo") is not None:  # RLPolicy: **augserve
-        kwargs.setdefault("slo", cfg["slo"])
-    if needs_predictor and "predictor" in params:
-        kwargs.setdefault("predictor", load_predictor(cfg.get("predictor")))
-    policy = cls(**kwargs)
+    policy = policy_factory(cfg, max_num_batched_tokens)()
     if not isinstance(policy, Policy):
+        name = cfg.get("policy") or "vllm"
         raise TypeError(f"policy {name!r} built a {type(policy).__name__}, not an augserve Policy")
     return policy
 

@@ -24,13 +24,15 @@ Records: every token is stamped with the engine clock when the step that produce
 simulator; ``preemptions`` are vLLM's recompute preemptions.
 
 :meth:`VLLMEngine.start` returns a :class:`VLLMRun` with the simulator's step-wise interface
-(``advance`` / ``step`` / ``finish`` / ``state``), so the RL environment can drive it.
+(``advance`` / ``step`` / ``finish`` / ``state``, :class:`~augserve.engine.base.Run`), so the
+RL environment can drive it. The request scripts are played by the simulator's
+:class:`~augserve.engine.player.ScriptPlayer`; ``decision_trace`` writes the same per-step
+decision trace as the simulator (:mod:`augserve.engine.trace`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import heapq
 import json
 import logging
 import math
@@ -43,10 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from augserve.contract import EngineInfo, EngineState, KVMode
-from augserve.engine.base import Engine, RunResult, next_event_time, validated
-from augserve.records import RequestRecord
-from augserve.request import AugRequest
+from augserve.contract import EngineInfo, EngineState, KVMode, kv_decision
+from augserve.engine.base import Engine, RunResult, validated
+from augserve.engine.player import ScriptPlayer, new_record
+from augserve.engine.trace import DecisionTrace
+from augserve.request import AugRequest, ToolCall
 from augserve.sched.base import Policy
 from augserve.vllm import init_cpu_features, require_vllm
 from augserve.vllm.runtime import VRuntime
@@ -71,17 +74,13 @@ class _Live(VRuntime):
     """One scripted request in a live run (the runtime behind its view, and its record)."""
 
     __slots__ = ("seq", "rec", "prompt_ids", "out_ids", "prev_computed", "seg_seen", "chunks",
-                 "run", "ext_id")
+                 "run", "ext_id", "rejected")
 
     def __init__(self, req: AugRequest, seq: int, run: VLLMRun, oracle: bool) -> None:
         super().__init__(req, run.bs, req.arrival_s, oracle)
         self.seq = seq
         self.run = run
-        self.rec = RequestRecord(
-            rid=req.rid, aug_type=req.aug_type, arrival_s=req.arrival_s,
-            prompt_tokens=req.prompt_tokens, expected_output_tokens=req.output_tokens,
-            num_calls=req.num_calls,
-        )
+        self.rec = new_record(req)
         rng = np.random.default_rng([run.seed, seq])
         self.prompt_ids: list[int] = rng.integers(3, run.vocab, req.prompt_tokens).tolist()
         self.out_ids: list[int] = []  # context after the prompt: generated + returned ids
@@ -89,11 +88,10 @@ class _Live(VRuntime):
         self.seg_seen = 0  # tokens seen of the current segment
         self.chunks: list[float] = []  # emission time of every generated token
         self.ext_id = ""
+        self.rejected: str | None = None  # the policy's reason, when it turned a segment away
 
-    @property
-    def gen(self) -> int:
-        """Tokens generated so far (as the RL env reads it)."""
-        return len(self.chunks)
+    def first_token_s(self) -> float | None:
+        return self.chunks[0] if self.chunks else None
 
     def on_wait(self, now_s: float, preempted: bool) -> None:
         self.wait_since_s = now_s if preempted else self.submit_s
@@ -105,6 +103,9 @@ class _Live(VRuntime):
 
     def ends_request(self) -> bool:
         return self.req.segments[self.seg_idx].call is None
+
+    def on_reject(self, reason: str) -> None:
+        self.rejected = reason
 
     def on_admit(self, hit_tokens: int) -> None:
         self.rec.prefix_hit_tokens += hit_tokens
@@ -133,6 +134,7 @@ class VLLMEngine(Engine):
         profile: str | None = None,
         warmup: bool = True,
         num_threads: int | None = 1,
+        decision_trace: str | None = None,
     ) -> None:
         require_vllm()
         if block_size < 1 or block_size % 32:
@@ -164,6 +166,7 @@ class VLLMEngine(Engine):
         self.profile = profile
         self.do_warmup = bool(warmup)
         self.num_threads = num_threads
+        self.decision_trace = decision_trace  # JSONL of per-step decisions (engine/trace.py)
         self.llm: Any = None
         self.sched: Any = None
         self.build_s = math.nan
@@ -231,23 +234,13 @@ class VLLMEngine(Engine):
     # ------------------------------------------------------------------ Engine protocol
     def start(self, requests: Sequence[AugRequest], policy: Policy,
               progress: bool = False) -> VLLMRun:
-        """A run to drive step by step (``advance`` / ``step`` / ``finish``)."""
+        """A run to drive step by step (:class:`~augserve.engine.base.Run`)."""
         self.build()
         return VLLMRun(self, requests, policy, progress)
 
-    def run(self, requests: Sequence[AugRequest], policy: Policy,
-            progress: bool = False) -> RunResult:
-        r = self.start(requests, policy, progress)
-        try:
-            while r.advance():
-                r.step()
-        finally:
-            result = r.finish()
-        return result
-
 
 class VLLMRun:
-    """One live run: all mutable state lives here."""
+    """One live run (a :class:`~augserve.engine.base.Run`): all mutable state lives here."""
 
     def __init__(self, eng: VLLMEngine, requests: Sequence[AugRequest], policy: Policy,
                  progress: bool) -> None:
@@ -276,12 +269,11 @@ class VLLMRun:
             "clock": eng.clock_kind, "stolen_s": 0.0,
         }
         self.reqs = [_Live(r, i, self, policy.oracle) for i, r in enumerate(reqs)]
+        self.player: ScriptPlayer[_Live] = ScriptPlayer(
+            self.reqs, policy, arrive=self._submit, resume=self._resume, progress=progress,
+            desc=f"vllm {policy.name}")
         self.by_ext: dict[str, _Live] = {}
-        self.next_arrival = 0
-        self.tool_heap: list[tuple[float, int, _Live]] = []
-        self.n_finished = 0
         self.n_paused = 0
-        self.done_log: list[_Live] = []
         #: per scheduled step: (StepStat, cycle s, llm.step() s) on the engine clock; the cycle
         #: runs from the previous step's end (or the wake-up after idling) to this step's end
         self.step_log: list[tuple[Any, float, float]] = []
@@ -291,17 +283,14 @@ class VLLMRun:
         from augserve.vllm.deploy import profile_timing
 
         floor, per_tok = profile_timing(eng.profile)  # wall s at clock_scale 1
+        self.trace = (DecisionTrace.for_policy(eng.decision_trace, policy.name)
+                      if eng.decision_trace else None)
         self.sched.attach(
             policy, clock=self.clock, runtime_factory=self._runtime,
             paused=lambda: (self.n_paused, 0),
             step_floor_s=None if floor is None else floor * self.scale,
-            prefill_s_per_token=None if per_tok is None else per_tok * self.scale)
-        self.pbar = None
-        if progress:
-            from tqdm import tqdm
-
-            self.pbar = tqdm(total=len(self.reqs), desc=f"vllm {policy.name}", unit="req",
-                             leave=False)
+            prefill_s_per_token=None if per_tok is None else per_tok * self.scale,
+            decisions=self.trace)
         self.t0 = time.perf_counter()
         self._mark = (self.t0, time.thread_time())  # last step end / wake-up
         self.now = 0.0
@@ -331,37 +320,27 @@ class VLLMRun:
         r.seg_seen = 0
         self.by_ext[r.ext_id] = r
         self.llm.add_request(r.ext_id, {"prompt_token_ids": r.prompt_ids + r.out_ids}, sp)
+        reason, r.rejected = r.rejected, None
+        if reason is not None:  # the policy turned it away (vLLM aborts it this step)
+            if r.seg_idx:
+                raise RuntimeError(f"policy {self.policy.name} rejected {r.req.rid} after it "
+                                   "ran: Reject is an answer to a new arrival only")
+            del self.by_ext[r.ext_id]
+            r.vreq = None
+            self.player.reject(r, r.req.arrival_s, reason)
 
-    def _process_events(self) -> None:
-        self.now = now = self.clock()
-        reqs = self.reqs
-        while self.next_arrival < len(reqs) and reqs[self.next_arrival].req.arrival_s <= now:
-            r = reqs[self.next_arrival]
-            self.next_arrival += 1
-            self._submit(r)
-        while self.tool_heap and self.tool_heap[0][0] <= now:
-            t_ret, _, r = heapq.heappop(self.tool_heap)
-            self._tool_return(r, t_ret)
-
-    def _tool_return(self, r: _Live, t_ret: float) -> None:
-        call = r.req.segments[r.seg_idx].call
-        assert call is not None
-        r.rec.tool_return_s.append(t_ret)
-        r.tool_durations.append(call.duration_s)
-        r.return_lengths.append(call.return_tokens)
-        self.policy.on_tool_return(r.view, call.duration_s)
+    def _resume(self, r: _Live, t_ret: float, call: ToolCall) -> None:
+        """``r``'s tool returned at ``t_ret`` (recorded by the player): submit the next segment
+        with the returned tokens appended."""
         self.n_paused -= 1
         r.paused = False
-        rng = np.random.default_rng([self.seed, r.seq, 1 + r.seg_idx])
+        rng = np.random.default_rng([self.seed, r.seq, r.seg_idx])  # seg_idx: the next segment
         r.out_ids.extend(rng.integers(3, self.vocab, call.return_tokens).tolist())
-        r.seg_idx += 1
-        r.current_tool = None
         r.submit_s = t_ret
         r.wait_since_s = t_ret
         self._submit(r)
 
     def _segment_end(self, r: _Live, t: float) -> None:
-        seg = r.req.segments[r.seg_idx]
         vreq = r.vreq
         if vreq is not None:
             r.prev_computed = max(r.prev_computed, int(vreq.num_computed_tokens))
@@ -369,22 +348,15 @@ class VLLMRun:
         r.ctx_between = r.req.prompt_tokens + len(r.out_ids)
         r.vreq = None
         self.by_ext.pop(r.ext_id, None)
-        if seg.call is None:
-            r.rec.finished = True
-            r.rec.finish_s = t
-            self.n_finished += 1
-            self.done_log.append(r)
-            if self.pbar is not None:
-                self.pbar.update(1)
+        if self.player.end_segment(r, t) is None:  # the last segment: the request is done
             return
-        r.rec.tool_start_s.append(t)
-        r.current_tool = seg.call.kind
         r.paused = True
         self.n_paused += 1
-        mode = KVMode(self.policy.on_intercept(r.view, self.state()))
+        mode = kv_decision(self.policy.on_intercept(r.view, self.state())).mode
         self.stats["requested_kv_modes"][mode.value] += 1
         r.rec.kv_modes.append(KVMode.VLLM.value)  # what stock vLLM did (see module docstring)
-        heapq.heappush(self.tool_heap, (t + seg.call.duration_s, r.seq, r))
+        if self.trace is not None:
+            self.trace.kv(r.req.rid, KVMode.VLLM.value)
 
     # ------------------------------------------------------------------ stepping
     def decision_pending(self) -> bool:
@@ -393,18 +365,16 @@ class VLLMRun:
         return (len(s.waiting) > 0 and s.kv_cache_manager.block_pool.get_num_free_blocks() > 0
                 and len(s.running) < s.max_num_running_reqs)
 
-    def _next_event(self) -> float | None:
-        return next_event_time(self.reqs, self.next_arrival, self.tool_heap)
-
     def advance(self) -> bool:
         """Run until a step needs a policy decision (True: call ``step()``), or the end."""
-        n = len(self.reqs)
-        while self.n_finished < n:
-            self._process_events()
+        player = self.player
+        while not player.all_finished():
+            self.now = self.clock()
+            player.play_due(self.now)
             if self.now >= self.eng.max_time_s:
                 return False
             if not self.llm.has_unfinished_requests():
-                nxt = self._next_event()
+                nxt = player.next_event_time()
                 if nxt is None:
                     raise RuntimeError("deadlock: requests unfinished and no event pending")
                 nxt = min(nxt, self.eng.max_time_s)
@@ -419,6 +389,7 @@ class VLLMRun:
     def step(self) -> None:
         """One vLLM iteration (schedule, forward pass, outputs); stamps the new tokens."""
         log_before = len(self.sched.step_log)
+        steps_before = len(self.step_log)
         w0, c0 = time.perf_counter(), time.thread_time()
         outs = self.llm.step()
         w1, c1 = time.perf_counter(), time.thread_time()
@@ -449,20 +420,27 @@ class VLLMRun:
             if new:
                 if r.seg_seen == 0:
                     r.rec.seg_start_idx.append(len(r.chunks))
+                    r.rec.seg_first_s.append(t)
                 r.chunks.extend([t] * new)
                 r.out_ids.extend(int(x) for x in o.outputs[0].token_ids)
                 r.seg_seen += new
             if o.finished:
+                if r.rejected is not None:  # a preempted request turned away
+                    raise RuntimeError(f"policy {self.policy.name} rejected {r.req.rid} after "
+                                       "it ran: Reject is an answer to a new arrival only")
                 want = r.req.segments[r.seg_idx].gen_tokens
                 if r.seg_seen != want:
                     raise AssertionError(f"{r.req.rid}: segment {r.seg_idx} produced "
                                          f"{r.seg_seen} tokens, script has {want}")
                 self._segment_end(r, t)
+        if self.trace is not None and len(self.step_log) > steps_before:  # a step ran
+            self.trace.flush(self.stats["steps"], t)
 
     def finish(self) -> RunResult:
         """Records of every request (unfinished ones as far as they got); aborts leftovers."""
-        if self.pbar is not None:
-            self.pbar.close()
+        self.player.close()
+        if self.trace is not None:
+            self.trace.close()
         end = self.clock()
         live = list(self.by_ext)
         if live:

@@ -31,6 +31,12 @@ class RequestInfo:
     aug_type: str = "other"
     prompt_text: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    session_id: str | None = None  # vLLM's ``session_id`` extra arg (a client's session)
+
+
+def _session(metadata: Mapping[str, Any]) -> str | None:
+    sid = metadata.get("session_id")
+    return sid if isinstance(sid, str) and sid else None
 
 
 def _status_name(vreq: Any) -> str:
@@ -110,6 +116,9 @@ class VRuntime:
     def on_admit(self, hit_tokens: int) -> None:
         """vLLM admitted the request; ``hit_tokens`` came from the prefix cache."""
 
+    def on_reject(self, reason: str) -> None:
+        """The policy turned the request away (the scheduler aborts it)."""
+
     def ends_request(self) -> bool:
         """Whether the current vLLM request finishing ends the augserve request (a served
         request: always; a scripted one: on its last segment)."""
@@ -138,6 +147,7 @@ class ServedRuntime(VRuntime):
         info = RequestInfo(
             rid=vreq.request_id, arrival_s=arrival, prompt_tokens=int(vreq.num_prompt_tokens),
             aug_type=hints.aug_type, prompt_text=hints.prompt_text, metadata=hints.metadata,
+            session_id=_session(hints.metadata),
         )
         super().__init__(info, block_size, submit)
         self.vreq = vreq

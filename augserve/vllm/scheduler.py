@@ -39,11 +39,13 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.core.sched.request_queue import RequestQueue
 from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.engine import EngineCoreOutput, EngineCoreOutputs
 from vllm.v1.request import Request, RequestStatus
 
-from augserve.contract import EngineInfo, EngineState, RequestView
+from augserve.contract import EngineInfo, EngineState, Reject, RequestView
+from augserve.engine.trace import DecisionTrace
 from augserve.sched.base import Policy
-from augserve.vllm import init_cpu_features
+from augserve.vllm import init_cpu_features, mirror
 from augserve.vllm.hints import HINT_VALIDATOR
 from augserve.vllm.runtime import ServedRuntime, VRuntime
 
@@ -122,12 +124,12 @@ class PolicyQueue(RequestQueue):
         return self._s.aug_policy
 
     # the policy's queue calls, with the engine's prefill backlog kept beside them
-    def enqueue(self, rt: VRuntime) -> None:
+    def enqueue(self, rt: VRuntime) -> Reject | None:
         v = rt.view
         tokens = max(v.context_tokens - v.computed_tokens, 0)
         self.waiting_prefill += tokens - self._wait_tokens.get(v.rid, 0)
         self._wait_tokens[v.rid] = tokens
-        self.policy.on_enqueue(v, self._s.engine_state())
+        return self.policy.on_enqueue(v, self._s.engine_state())
 
     def admitted(self, rt: VRuntime) -> None:
         self.waiting_prefill -= self._wait_tokens.pop(rt.view.rid, 0)
@@ -149,7 +151,14 @@ class PolicyQueue(RequestQueue):
                 self.enqueue(rt)
             return
         rt.on_wait(s.now(), request.status == RequestStatus.PREEMPTED)
-        self.enqueue(rt)
+        rej = self.enqueue(rt)
+        if rej is not None:  # the policy turned it away: it leaves the queue, vLLM aborts it
+            del self._members[rid]
+            self.waiting_prefill -= self._wait_tokens.pop(rid, 0)
+            s.forget_runtime(request)  # the policy, which rejected it, is not told on_leave
+            rt.on_reject(str(rej.reason))
+            s.reject(request, str(rej.reason))
+            return
         if s.trace is not None:
             v = rt.view
             s.trace_event({
@@ -166,7 +175,7 @@ class PolicyQueue(RequestQueue):
         rid = request.request_id
         h = self._hit.get(rid)
         if h is None:
-            h = self._s.prefix_hit(request)
+            h = mirror.prefix_hit(self._s, request)
             self._hit[rid] = h
         return h
 
@@ -175,7 +184,8 @@ class PolicyQueue(RequestQueue):
         req = _vreq(view)
         if req is None or req.request_id not in self._members:
             return False
-        return self._s.blocks_to_admit(req, self.hit(req), self.room) <= self._s.free_for_admit()
+        s = self._s
+        return mirror.blocks_to_admit(s, req, self.hit(req), self.room) <= mirror.free_for_admit(s)
 
     def _candidates(self) -> Iterator[Request]:
         for view in self.policy.candidates(self._s.engine_state(), self.fits):
@@ -287,10 +297,13 @@ class AugServeSchedulerMixin:
         self._t_sched = 0.0
         self._t_update = 0.0
         self.step_log: list[StepStat] | None = None  # set to a list to record steps
+        self._decisions: DecisionTrace | None = None  # the live engine's decision trace
         self.last_output: SchedulerOutput | None = None  # the last schedule()'s output
         #: requests scheduled without their hints because these were unusable (the warning
         #: metric of the engine side; the API server's validator rejects them first)
         self.hints_ignored = 0
+        self.rejections = 0  # requests the policy turned away (aborted)
+        self._to_reject: list[str] = []  # rejected, to abort at the end of this step
         s.waiting = PolicyQueue(self)
         cfg = dict((s.vllm_config.additional_config or {}).get("augserve") or {})
         trace = cfg.pop("trace", None)
@@ -299,6 +312,9 @@ class AugServeSchedulerMixin:
 
         floor, per_tok = profile_timing(cfg.get("profile"))
         self.aug_info = self._make_info(floor, per_tok)
+        import vllm
+
+        mirror.check_version(vllm.__version__)
         policy = make_policy(cfg, self._cap)
         policy.reset(self.aug_info)
         self.aug_policy = policy
@@ -314,10 +330,13 @@ class AugServeSchedulerMixin:
         paused: Callable[[], tuple[int, int]] | None = None,
         step_floor_s: float | None = None,
         prefill_s_per_token: float | None = None,
+        decisions: DecisionTrace | None = None,
     ) -> EngineInfo:
         """Use ``policy`` from now on (the waiting queue must be empty); ``clock`` gives engine
         seconds, ``runtime_factory`` the runtime of a new vLLM request, ``paused`` the
-        (requests, blocks) paused in tools. Resets the policy with the engine's facts."""
+        (requests, blocks) paused in tools; budgets, admissions and preemptions go to
+        ``decisions`` (the caller flushes it per step). Resets the policy with the engine's
+        facts."""
         s: Any = self
         if len(s.waiting) or s.running:
             raise RuntimeError("attach a policy only while the scheduler is idle")
@@ -333,6 +352,7 @@ class AugServeSchedulerMixin:
                 self.aug_info.prefill_s_per_token if prefill_s_per_token is None
                 else prefill_s_per_token)
         s.waiting = PolicyQueue(self)
+        self._decisions = decisions
         self._rt.clear()
         self._steps = 0
         self._last_step_s = 0.0
@@ -344,6 +364,7 @@ class AugServeSchedulerMixin:
         """Forget the attached run's runtimes and callbacks (the policy stays)."""
         s: Any = self
         self._factory = None
+        self._decisions = None
         self._paused = lambda: (0, 0)
         self._t0 = time.time()
         self._clock = lambda: time.time() - self._t0
@@ -380,6 +401,19 @@ class AugServeSchedulerMixin:
         """Drop ``request``'s runtime (it left); None if it had none or was dropped already."""
         return self._rt.pop(request.request_id, None)
 
+    def reject(self, request: Request, reason: str) -> None:
+        """The policy turned ``request`` away: it is aborted (finish reason ``abort``) at the
+        end of this engine step; counted, logged sparsely and traced."""
+        rid = request.request_id
+        self._to_reject.append(rid)
+        self.rejections += 1
+        n = self.rejections
+        if n <= 10 or n % 100 == 0:
+            log.warning("augserve: policy %s rejected request %s (%s); %d so far",
+                        self.aug_policy.name, rid, reason, n)
+        self.trace_event({"event": "reject", "t": round(self.now(), 6), "request_id": rid,
+                          "reason": reason})
+
     def _hints_ignored(self, rid: str, reason: str) -> None:
         """Count (and log, sparsely) a request scheduled without its unusable hints."""
         self.hints_ignored += 1
@@ -408,31 +442,6 @@ class AugServeSchedulerMixin:
         )
 
     # ------------------------------------------------------------------ state for policies
-    def free_for_admit(self) -> int:
-        s: Any = self
-        kvm = s.kv_cache_manager
-        free = kvm.block_pool.get_num_free_blocks()
-        return free - (kvm.watermark_blocks if s.running else 0)
-
-    def prefix_hit(self, request: Request) -> tuple[int, int]:
-        """(tokens the prefix cache would give ``request``, how many of those blocks are free)."""
-        s: Any = self
-        if request.num_computed_tokens > 0:
-            return request.num_computed_tokens, 0
-        blocks, hit, _ = s.kv_cache_manager.get_computed_blocks(request)
-        groups = blocks.blocks if hit else ()
-        free_hits = sum(1 for b in groups[0] if b.ref_cnt == 0) if groups else 0
-        return int(hit), int(free_hits)
-
-    def blocks_to_admit(self, request: Request, hit: tuple[int, int], room: int) -> int:
-        """Blocks vLLM's ``allocate_slots`` takes from the free pool to admit ``request``."""
-        s: Any = self
-        bs = s.block_size
-        tokens, free_hits = hit
-        chunk = max(1, min(request.num_tokens - tokens, max(room, 1)))
-        have = -(-tokens // bs)
-        return -(-(tokens + chunk) // bs) - have + free_hits
-
     def engine_state(self) -> EngineState:
         s: Any = self
         running = s.running
@@ -451,22 +460,6 @@ class AugServeSchedulerMixin:
         )
 
     # ------------------------------------------------------------------ vLLM hooks
-    def _room_after_running(self, budget: int) -> int:
-        """Token budget vLLM's running loop leaves for admissions (estimate, no preemption)."""
-        s: Any = self
-        room = budget
-        for r in s.running:
-            if room <= 0:
-                break
-            if (r.num_output_placeholders > 0 and r.num_computed_tokens + 2
-                    - r.num_output_placeholders >= r.num_prompt_tokens + r.max_tokens):
-                continue
-            n = r.num_tokens_with_spec + r.num_output_placeholders - r.num_computed_tokens
-            n = min(n, room, s.max_model_len - r.num_computed_tokens - 1)
-            if n > 0:
-                room -= n
-        return room
-
     def schedule(self, throttle_prefills: bool = False) -> SchedulerOutput:
         s: Any = self
         self._steps += 1
@@ -478,10 +471,12 @@ class AugServeSchedulerMixin:
             self.aug_policy.on_step(state)
             b = int(self.aug_policy.token_budget(state))
             budget = min(self._cap, max(1, b, n_dec))
+            if self._decisions is not None:
+                self._decisions.budget(budget)
         else:
             budget = self._cap
         s.max_num_scheduled_tokens = budget
-        queue.begin_pass(self._room_after_running(budget))
+        queue.begin_pass(mirror.room_after_running(self, budget))
         try:
             out = super().schedule(throttle_prefills)  # type: ignore[misc]
         finally:
@@ -497,6 +492,8 @@ class AugServeSchedulerMixin:
             if not told:  # popped while blocked, then scheduled
                 queue.admitted(rt)
             rt.on_admit(req.num_computed_tokens - nst[rid])
+            if self._decisions is not None:
+                self._decisions.admitted(rt.view.rid)
             if self.trace is not None:
                 self.trace_event({
                     "event": "admit", "t": round(self.now(), 6), "step": self._steps,
@@ -532,8 +529,26 @@ class AugServeSchedulerMixin:
         if scheduler_output.total_num_scheduled_tokens > 0:
             self._last_step_s = t - max(self._t_sched, self._t_update)
         self._t_update = t
-        return super().update_from_output(  # type: ignore[misc]
+        outputs = super().update_from_output(  # type: ignore[misc]
             scheduler_output, model_runner_output)
+        if self._to_reject:
+            self._abort_rejected(outputs)
+        return outputs
+
+    def _abort_rejected(self, outputs: dict[int, EngineCoreOutputs]) -> None:
+        """Finish the rejected requests as aborted and tell their clients (as vLLM tells them
+        of requests it finishes with an error)."""
+        s: Any = self
+        ids, self._to_reject = self._to_reject, []
+        for req in s.finish_requests(ids, RequestStatus.FINISHED_ABORTED):
+            out = EngineCoreOutput(request_id=req.request_id, new_token_ids=[],
+                                   finish_reason=req.get_finished_reason(),
+                                   events=req.take_events(), trace_headers=req.trace_headers)
+            eco = outputs.get(req.client_index)
+            if eco is None:
+                outputs[req.client_index] = EngineCoreOutputs(outputs=[out])
+            else:
+                eco.outputs.append(out)
 
     def _preempt_request(self, request: Request, *args: Any, **kwargs: Any) -> None:
         computed = request.num_computed_tokens
@@ -541,6 +556,8 @@ class AugServeSchedulerMixin:
         super()._preempt_request(request, *args, **kwargs)  # type: ignore[misc]
         if rt is not None:
             rt.on_preempt(computed)
+            if self._decisions is not None:
+                self._decisions.preempted(rt.view.rid)
 
     def _free_request(self, request: Request, *args: Any, **kwargs: Any) -> Any:
         rt = self.forget_runtime(request)

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from augserve.vllm import VLLMNotInstalled, require_vllm
-from augserve.vllm.deploy import POLICIES
+from augserve.vllm.deploy import policy_targets
 from augserve.vllm.hints import HINT_VALIDATOR
 
 
@@ -81,8 +81,9 @@ def command_from_config(server: Mapping[str, Any], policies: Mapping[str, Any],
                         predictor: Mapping[str, Any] | None, slo: str | None) -> list[str]:
     """The server argv for ``serve.py server=openai`` (resolved Hydra config sections).
 
-    The one selected policy's ``_target_`` becomes the scheduler's policy and its other keys its
-    kwargs; the predictor section's artifact ``path`` and the SLO spec go along.
+    The one selected policy's name (its ``_target_`` if that is not the ``conf/policy/`` one)
+    becomes the scheduler's policy and its other keys its kwargs; the predictor section's
+    artifact ``path`` and the SLO spec go along.
     """
     if len(policies) != 1:
         raise ValueError(f"server=openai serves one policy; {len(policies)} selected "
@@ -97,7 +98,9 @@ def command_from_config(server: Mapping[str, Any], policies: Mapping[str, Any],
     # a policy's own fallback artifact (rl_ckpt) stands in when no predictor= is selected
     path = (predictor or {}).get("path") or pcfg.pop("default_predictor", None)
     pcfg.pop("default_predictor", None)
-    short = {qual: n for n, (qual, _) in POLICIES.items()}.get(str(target), str(target))
+    # the policy's name when it is the conf/policy/ entry (deploy.py reads the same yaml), else
+    # its target (an overridden _target_, a policy config of one's own)
+    short = name if policy_targets().get(name) == str(target) else str(target)
     return server_command(
         model=str(server["model"]), policy=short, predictor=str(path) if path else None,
         slo=slo, profile=server.get("profile"), policy_kwargs=pcfg or None,

@@ -24,7 +24,7 @@ def scale_request(r: AugRequest, length_scale: float, tool_scale: float) -> AugR
         for s in r.segments
     )
     return AugRequest(r.rid, r.arrival_s, n(r.prompt_tokens, 1), segs, r.aug_type,
-                      r.prompt_text, r.metadata)
+                      r.prompt_text, r.metadata, r.session_id)
 
 
 class ScaledWorkload(Workload):

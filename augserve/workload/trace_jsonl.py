@@ -4,6 +4,7 @@ Line schema (units: seconds, tokens)::
 
     {"rid": str, "arrival_s": float, "prompt_tokens": int,
      "prompt_text": str | null, "aug_type": str, "metadata": {...},      # optional
+     "session_id": str,                                                 # optional
      "segments": [{"gen_tokens": int,
                    "call": {"kind": str, "duration_s": float, "return_tokens": int} | null},
                   ...]}
@@ -24,7 +25,8 @@ from augserve.request import AugRequest, Segment, ToolCall
 from augserve.workload.base import Workload
 from augserve.workload.errors import WorkloadError
 
-_TOP = {"rid", "arrival_s", "prompt_tokens", "prompt_text", "aug_type", "metadata", "segments"}
+_TOP = {"rid", "arrival_s", "prompt_tokens", "prompt_text", "aug_type", "metadata", "session_id",
+        "segments"}
 _REQUIRED = ("rid", "arrival_s", "prompt_tokens", "segments")
 
 
@@ -46,6 +48,8 @@ def request_to_dict(r: AugRequest) -> dict[str, Any]:
     d["aug_type"] = r.aug_type
     if r.metadata:
         d["metadata"] = _plain(r.metadata)
+    if r.session_id is not None:
+        d["session_id"] = r.session_id
     d["segments"] = [
         {"gen_tokens": s.gen_tokens,
          "call": None if s.call is None else {"kind": s.call.kind,
@@ -120,6 +124,9 @@ def _parse_line(
     meta = d.get("metadata", {})
     if not isinstance(meta, dict):
         raise lp.fail("metadata", f"must be an object, got {type(meta).__name__}")
+    session = d.get("session_id")
+    if session is not None:
+        lp.str_(session, "session_id")
     raw = d["segments"]
     if not isinstance(raw, list) or not raw:
         raise lp.fail("segments", "must be a non-empty list")
@@ -160,7 +167,7 @@ def _parse_line(
         segs.append(Segment(gen, ToolCall(kind, dur, ret)))
     return AugRequest(rid=lp.rid, arrival_s=arrival, prompt_tokens=prompt, segments=tuple(segs),
                       aug_type=aug_type, prompt_text=prompt_text,
-                      metadata=MappingProxyType(meta))
+                      metadata=MappingProxyType(meta), session_id=session)
 
 
 def read_trace(

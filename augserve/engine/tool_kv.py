@@ -1,0 +1,166 @@
+"""The simulator's KV during tool calls: the KV-mode state machine and the swap traffic.
+
+At a tool call (:meth:`ToolKV.park`) the policy's :class:`~augserve.contract.KVMode` decides:
+``preserve`` keeps the blocks (counted as paused, reclaimable); ``swap`` copies them to CPU at
+up to a per-step block budget (from the PCIe bandwidth and the last step's duration), freeing
+GPU blocks as they go, or falls back to ``discard`` when the CPU swap space is full; ``vllm``
+and ``discard`` give them back to the pool (where the prefix cache may keep them). When the
+tool returns (:meth:`ToolKV.unpark`) a preserved request, or a swapped one of which nothing
+left the GPU, rejoins the running set; any other waits for re-admission, which copies its CPU
+blocks back (:meth:`ToolKV.swap_in`) before it computes.
+
+A ``preserve`` decision with a time-to-live (:class:`~augserve.contract.KVDecision`) keeps the
+blocks at most ``ttl_s`` into the call: if the tool is still running then
+(:meth:`ToolKV.expire_due`), the blocks are freed as ``discard`` frees them and the request
+resumes as a discarded one. Units: blocks, bytes, seconds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from typing import Any
+
+from augserve.contract import KVMode
+from augserve.engine.kv import BlockPool
+
+
+class ToolKV:
+    """KV of the requests inside tool calls, and of those copying KV to or from CPU."""
+
+    def __init__(self, pool: BlockPool, block_size: int, kv_bytes_per_token: int,
+                 swap_bytes_per_s: float, swap_space_bytes: float, step_floor_s: float,
+                 stats: dict[str, Any]) -> None:
+        self.pool = pool
+        self.bs = block_size
+        self.block_bytes = kv_bytes_per_token * block_size
+        self.swap_bytes_per_s = swap_bytes_per_s
+        self.swap_space_bytes = swap_space_bytes
+        self.step_floor_s = step_floor_s
+        self.stats = stats
+        self.paused: set = set()  # requests inside a tool call
+        self.paused_blocks = 0  # GPU blocks they hold
+        self.swapping_in: dict[Any, None] = {}  # re-admitted, copying back (in order)
+        self.swapping_out: dict[Any, None] = {}
+        self.swap_used_bytes = 0.0  # CPU swap space taken (copied out or being copied)
+        self.expiry: list[tuple[float, int, Any]] = []  # (TTL end s, seq, runtime)
+
+    def budget(self, last_step_s: float) -> int:
+        """Blocks that can move in each direction in the next step."""
+        bw = self.swap_bytes_per_s
+        if math.isinf(bw):
+            return 1 << 30
+        dt = last_step_s if last_step_s > 0 else self.step_floor_s
+        return max(1, int(bw * dt / self.block_bytes))
+
+    def park(self, r: Any, mode: KVMode, ttl_s: float | None = None, now_s: float = 0.0,
+             call_s: float = math.inf) -> None:
+        """``r`` paused at ``now_s`` for a tool call of ``call_s`` seconds; the policy asked for
+        ``mode`` (``preserve``: for at most ``ttl_s`` if given)."""
+        if mode is KVMode.SWAP and (self.swap_used_bytes + r.blocks * self.block_bytes
+                                    > self.swap_space_bytes):
+            mode = KVMode.DISCARD  # CPU swap space is full
+        r.mode = mode
+        r.rec.kv_modes.append(mode.value)
+        self.paused.add(r)
+        if mode is KVMode.PRESERVE:
+            self.paused_blocks += r.blocks
+            if ttl_s is not None and ttl_s < call_s:  # else the tool returns first
+                heapq.heappush(self.expiry, (now_s + ttl_s, r.seq, r))
+        elif mode is KVMode.SWAP:
+            self.paused_blocks += r.blocks
+            r.swap_out_left = r.blocks
+            self.swap_used_bytes += r.blocks * self.block_bytes
+            self.swapping_out[r] = None
+        else:  # vllm, discard: the KV goes back to the pool (the prefix cache may keep it)
+            self._free(r)
+
+    def _free(self, r: Any) -> None:
+        self.pool.release(r.req.rid, r.blocks, r.computed // self.bs)
+        r.prev_computed = max(r.prev_computed, r.computed)
+        r.blocks = 0
+        r.computed = 0
+
+    def next_expiry_s(self) -> float | None:
+        return self.expiry[0][0] if self.expiry else None
+
+    def expire_due(self, now_s: float) -> list[Any]:
+        """Free the preserved KV whose time-to-live ended by ``now_s`` (a TTL shorter than its
+        call only, so the request is still in its tool call); returns those requests."""
+        done = []
+        while self.expiry and self.expiry[0][0] <= now_s:
+            _, _, r = heapq.heappop(self.expiry)
+            self.paused_blocks -= r.blocks
+            self._free(r)
+            r.mode = KVMode.DISCARD
+            r.rec.kv_expired += 1
+            done.append(r)
+        return done
+
+    def unpark(self, r: Any) -> bool:
+        """``r``'s tool returned. True: it runs on at once (its KV is on the GPU); False: it
+        waits for re-admission (the CPU part comes back then; the rest stays allocated)."""
+        self.paused.discard(r)
+        if r.mode is KVMode.PRESERVE:
+            self.paused_blocks -= r.blocks
+            return True
+        if r.mode is KVMode.SWAP:
+            if r in self.swapping_out:  # the call ended before the copy out did
+                del self.swapping_out[r]
+                self.swap_used_bytes -= r.swap_out_left * self.block_bytes
+                r.swap_out_left = 0
+            self.paused_blocks -= r.blocks  # blocks not yet copied out stay on the GPU
+            if r.cpu_blocks == 0:  # nothing left the GPU: continue as if preserved
+                return True
+        return False
+
+    def start_swap_in(self, r: Any) -> bool:
+        """``r`` was admitted: True if its CPU blocks must come back before it computes."""
+        if not r.cpu_blocks:
+            return False
+        r.swap_in_left = r.cpu_blocks
+        self.swapping_in[r] = None
+        return True
+
+    def abandon_swap_in(self, r: Any) -> bool:
+        """``r`` is preempted: drop its copy back and its CPU copy. True if it was copying."""
+        if r not in self.swapping_in:
+            return False
+        del self.swapping_in[r]
+        self.swap_used_bytes -= r.cpu_blocks * self.block_bytes
+        r.cpu_blocks = 0
+        r.swap_in_left = 0
+        return True
+
+    def transfers_pending(self) -> bool:
+        return bool(self.swapping_in or self.swapping_out)
+
+    def swap_in(self, budget: int) -> None:
+        """Copy up to ``budget`` blocks back to the GPU, in admission order."""
+        for r in list(self.swapping_in):
+            if budget <= 0:
+                break
+            x = min(budget, r.swap_in_left)
+            r.swap_in_left -= x
+            r.cpu_blocks -= x
+            self.swap_used_bytes -= x * self.block_bytes
+            budget -= x
+            self.stats["swap_in_blocks"] += x
+            if not r.swap_in_left:
+                del self.swapping_in[r]
+
+    def swap_out(self, budget: int) -> None:
+        """Copy up to ``budget`` blocks to CPU, freeing them on the GPU, in call order."""
+        for r in list(self.swapping_out):
+            if budget <= 0:
+                break
+            x = min(budget, r.swap_out_left)
+            r.swap_out_left -= x
+            r.blocks -= x
+            r.cpu_blocks += x
+            self.paused_blocks -= x
+            self.pool.release(r.req.rid, x, 0)
+            budget -= x
+            self.stats["swap_out_blocks"] += x
+            if not r.swap_out_left:
+                del self.swapping_out[r]
