@@ -251,3 +251,32 @@ def test_starvation_tier_gets_one_admission_per_interval() -> None:
     # 0.5 s later: not yet the tier's turn, so value order (old2 is still promoted, but waits)
     assert [v.rid for v in pol.candidates(_at(6.5), lambda v: True)] == ["new", "old2"]
     assert [v.rid for v in pol.candidates(_at(7.0), lambda v: True)][0] == "old2"  # next turn
+
+
+class _SeesReturnMeans(AugServePolicy):
+    """AugServe recording the return-length estimate its value uses at every enqueue."""
+
+    def on_enqueue(self, view, state):
+        kind = view.current_tool or self._last_tool.get(view.rid) or view.aug_type
+        self.seen.append((view.rid, view.calls_done, self.mean_return(kind)))
+        return super().on_enqueue(view, state)
+
+
+def test_return_means_are_read_under_the_key_they_are_written() -> None:
+    # toolmix-like: the tool kind ("search") differs from the request type ("api_bank"); every
+    # call returns 100 tokens. Requests arriving after the first return, and resumes, must see
+    # 100, not the default 32 (the table used to be written by tool and read by type).
+    reqs = [AugRequest(f"r{i}", 0.5 * i, 30, (Segment(4, ToolCall("search", 0.1, 100)),
+                                              Segment(3)), aug_type="api_bank")
+            for i in range(4)]
+    pol = _SeesReturnMeans(predictor=TrueLengthPredictor(reqs))
+    pol.seen = []
+    res = make_sim_engine(profile="llama3_8b_a100", constant_step_s=0.01,
+                          audit=True).run(reqs, pol)
+    assert all(r.finished for r in res.records)
+    first = [m for rid, calls, m in pol.seen if calls == 0]
+    resumed = [m for rid, calls, m in pol.seen if calls == 1]
+    assert first[0] == 32.0 and all(m == 100.0 for m in first[1:])  # r0 came before any return
+    assert resumed and all(m == 100.0 for m in resumed)
+    assert pol.mean_return("search") == pol.mean_return("api_bank") == 100.0
+    assert not pol._last_tool  # forgotten when the requests left

@@ -256,3 +256,19 @@ def test_zero_length_call_in_swap_mode_frees_swap_space() -> None:
     res = engine(swap_space_gib=12 / 1024).run(reqs, FixedMode(KVMode.SWAP))
     assert all(r.finished for r in res.records)
     assert all(r.kv_modes == ["swap"] for r in res.records)  # never fell back to discard
+
+
+@pytest.mark.parametrize("mode", [KVMode.PRESERVE, KVMode.SWAP])
+def test_resume_with_kv_waits_for_a_sequence_slot(mode: KVMode) -> None:
+    # max_num_seqs=1: r0 calls a 0.1 s tool at .03, r1 takes the slot and decodes 30 tokens.
+    # r0's tool returns at .13 with every slot taken. Preserved, it waits holding its KV (vLLM's
+    # kv_holding_waiting) until r1 finishes, instead of running as a second sequence; swapped
+    # out, it waits for re-admission. The audit checks running <= max_num_seqs every step.
+    r0 = AugRequest("r0", 0.0, 20, (Segment(3, ToolCall("t", 0.1, 2)), Segment(2)))
+    r1 = AugRequest("r1", 0.015, 20, (Segment(30),))
+    res = engine(max_num_seqs=1).run([r0, r1], FixedMode(mode))
+    a, b = res.records
+    assert a.finished and b.finished
+    assert a.token_s[3] > b.token_s[-1]  # r0 resumes only after r1 is done
+    assert a.recomputed_tokens == 0  # its KV was kept meanwhile
+    assert res.stats["end_free_blocks"] == res.stats["num_gpu_blocks"]

@@ -20,7 +20,9 @@ Tool interception (the KV mode comes from ``policy.on_intercept``):
   returned tokens) is submitted as a new request at the tail of the waiting queue; with prefix
   caching it reuses whatever of its context is still cached.
 * ``preserve``: the blocks stay allocated during the call; on return the request rejoins the
-  running set and prefills only the returned tokens.
+  running set and prefills only the returned tokens. With every ``max_num_seqs`` slot taken it
+  waits, holding its KV, in a FIFO drained before the policy's queue (vLLM 0.32's
+  ``kv_holding_waiting``); the same holds for a swapped request none of whose blocks left.
 * ``discard``: the blocks are freed; on return the context is recomputed in chunks.
 * ``swap``: the blocks are copied to CPU at up to ``swap_budget_blocks`` a step (from the PCIe
   bandwidth and the last step's duration), freeing GPU blocks as they go; on return the request
@@ -221,7 +223,10 @@ class SimRun:
         self.last_dt = 0.0
         self.running: dict[_Req, None] = {}  # admission order; tail = preemption victim
         self.prefill: dict[_Req, None] = {}  # running requests with prefill work, in order
-        self.waiting: dict[_Req, None] = {}
+        self.waiting: dict[_Req, None] = {}  # the policy's queue
+        #: resumed after a tool call with their KV on the GPU while every sequence slot was
+        #: taken: vLLM 0.32's ``kv_holding_waiting`` (FIFO, drained before the waiting queue)
+        self.held: dict[_Req, None] = {}
         self.waiting_prefill = 0  # Σ (ctx - computed) over waiting requests (fixed while waiting)
         self.dec = DecodeSet(self.bs)
         self.stats = {
@@ -242,7 +247,7 @@ class SimRun:
         kv = self.kv
         return EngineState(
             now_s=self.now, free_blocks=self.pool.free, paused_blocks=kv.paused_blocks,
-            num_running=len(self.running), num_waiting=len(self.waiting),
+            num_running=len(self.running), num_waiting=len(self.waiting) + len(self.held),
             num_paused=len(kv.paused), last_step_s=self.last_dt, step=self.n_steps,
             running_prefill_tokens=sum(r.ctx - r.computed for r in self.prefill),
             waiting_prefill_tokens=self.waiting_prefill,
@@ -302,7 +307,7 @@ class SimRun:
                 self.now = max(self.now, min(nxt, cfg.max_time_s))
                 continue
             if (cfg.skip_stretches and self.dec.n and not self.prefill and not self.waiting
-                    and not kv.transfers_pending()):
+                    and not self.held and not kv.transfers_pending()):
                 if self.stretch():
                     continue
             if self.decision_pending():
@@ -311,7 +316,7 @@ class SimRun:
         return False
 
     def can_admit_anything(self) -> bool:
-        return bool(self.waiting) and self.pool.free > 0
+        return bool(self.held) or (bool(self.waiting) and self.pool.free > 0)
 
     def next_event_time(self) -> float | None:
         """Earliest next arrival, tool return or KV time-to-live end (s); None if none."""
@@ -347,7 +352,7 @@ class SimRun:
         self.dec_allocated = True
         # 2. running prefills, in admission order
         sched: list[tuple[_Req, int]] = []
-        if self.prefill or self.waiting:
+        if self.prefill or self.waiting or self.held:
             state = self.state()
             self.policy.on_step(state)
             budget = int(self.policy.token_budget(state))
@@ -439,6 +444,21 @@ class SimRun:
         bs = self.bs
         cfg = self.cfg
         pol = self.policy
+        # vLLM drains the requests that hold KV first, in order, under the same limits
+        while self.held and room > 0 and len(self.running) < cfg.max_num_seqs:
+            r = next(iter(self.held))
+            c = min(r.ctx - r.computed, room)
+            add = self.nblocks(r.computed + c) - r.blocks
+            if add > pool.free:
+                return room  # head-of-line, as in the waiting queue
+            del self.held[r]
+            pool.allocate(add)
+            r.blocks += add
+            self.run_on(r)
+            sched.append((r, c))
+            room -= c
+        if self.held:
+            return room  # no sequence slot (or no room) left for the policy's queue
 
         def fits_now(view: RequestView) -> bool:  # reads ``room`` as the loop leaves it
             return fits(plan_admission(view._r, room, pool, bs), pool)
@@ -546,8 +566,13 @@ class SimRun:
         """``r``'s tool returned at ``t_ret`` (the player recorded it)."""
         r.ctx += call.return_tokens
         r.seg_gen = 0
-        if self.kv.unpark(r):
-            self.run_on(r)
+        if self.kv.unpark(r):  # its KV is on the GPU: it needs only a sequence slot
+            if len(self.running) < self.cfg.max_num_seqs:
+                self.run_on(r)
+            else:
+                r.state = State.WAITING
+                r.wait_since_s = t_ret
+                self.held[r] = None
             return
         r.submit_s = t_ret
         r.preempted = False
@@ -586,8 +611,8 @@ class SimRun:
         return True
 
     def audit(self) -> None:
-        """Check KV accounting (blocks held + free == total, nothing negative or over) and the
-        prefill backlog."""
+        """Check KV accounting (blocks held + free == total, nothing negative or over), the
+        prefill backlog and the sequence cap (running <= ``max_num_seqs``)."""
         pool = self.pool
         held = 0
         for r in self.reqs:
@@ -604,6 +629,9 @@ class SimRun:
         if abs(swapped * self.kv.block_bytes - self.kv.swap_used_bytes) > 1e-6:
             raise AssertionError(f"swap space {self.kv.swap_used_bytes} B != {swapped} blocks "
                                  "held")
+        if len(self.running) > self.cfg.max_num_seqs:
+            raise AssertionError(f"{len(self.running)} running > max_num_seqs="
+                                 f"{self.cfg.max_num_seqs}")
         backlog = sum(r.ctx - r.computed for r in self.waiting)
         if backlog != self.waiting_prefill:
             raise AssertionError(f"prefill backlog {self.waiting_prefill} != {backlog} waiting")

@@ -11,7 +11,9 @@ expected tool call adds the interception cost of the KV mode the min-waste rule 
 
 (the min-waste wastes are token·seconds of idle KV, see :mod:`augserve.sched.minwaste`; dividing by
 capacity × step time turns them into iterations of the whole engine.) ``out``, ``calls`` and
-``T`` come from the predictor; ``ret`` (tokens a call returns) is the running mean per tool kind.
+``T`` come from the predictor; ``ret`` (tokens a call returns) is the running mean of returns
+per tool kind, read under the request's last tool (before its first call: the running mean per
+request type, ``aug_type``, which every return also feeds).
 
 * **Stage I** — at arrival, ``Predictor.predict`` (arrival features only).
 * **Stage II** — whenever a request (re-)enters the waiting queue (arrival, tool return,
@@ -103,6 +105,7 @@ class AugServePolicy(ValueQueuePolicy):
         super()._reset_queue()
         self._arrival_value: dict[str, float] = {}
         self._returns = KindMeans(self.default_return_tokens)
+        self._last_tool: dict[str, str] = {}  # rid -> kind of its last returned call
         self._deadlines: list[tuple[float, int, RequestView]] = []
         self._deadline_seq = 0
         self._keys: dict[str, float] = {}
@@ -114,6 +117,7 @@ class AugServePolicy(ValueQueuePolicy):
         self._arrival_value.pop(view.rid, None)
         self._keys.pop(view.rid, None)
         self.pred_cache.pop(view.rid, None)
+        self._last_tool.pop(view.rid, None)
 
     # ------------------------------------------------------------------ SLO deadlines
     def adjust_key(self, view: RequestView, key: float, state: EngineState) -> float:
@@ -163,7 +167,7 @@ class AugServePolicy(ValueQueuePolicy):
         out = max(float(p.output_tokens[j]), 1.0)
         calls = max(float(p.num_calls[j]), 0.0)
         tool_s = max(float(p.tool_s[j]), 0.0)
-        kind = v.current_tool or v.aug_type
+        kind = v.current_tool or self._last_tool.get(v.rid) or v.aug_type
         prefill = (v.context_tokens - v.computed_tokens) + calls * self.mean_return(kind)
         icost = intercept_cost(v.context_tokens + out / 2, tool_s, state) if calls else 0.0
         value = out + prefill / self.n_max + calls * icost
@@ -178,7 +182,12 @@ class AugServePolicy(ValueQueuePolicy):
 
     def on_tool_return(self, view: RequestView, duration_s: float) -> None:
         if view.observed_return_tokens:
-            self._returns.add(view.current_tool or view.aug_type, view.observed_return_tokens[-1])
+            ret = view.observed_return_tokens[-1]
+            kind = view.current_tool or view.aug_type
+            self._returns.add(kind, ret)
+            if view.aug_type != kind:  # what requests of this type get before their first call
+                self._returns.add(view.aug_type, ret)
+            self._last_tool[view.rid] = kind
 
     def on_intercept(self, view: RequestView, state: EngineState) -> KVMode:
         tool_s = float(predict_tool_s(self.predictor, [view])[0])
