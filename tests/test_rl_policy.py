@@ -29,7 +29,10 @@ def test_serve_rl_ckpt_default(tmp_path):
     proc = _serve(tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads((tmp_path / "rl_ckpt" / "summary.json").read_text())
-    assert s["num_requests"] > 0 and 0.0 <= s["slo_attainment"] <= 1.0
+    # 9 req/s for 20 s loads nothing: every request completes within the SLO (a checkpoint
+    # that stalls the queue or starves a request fails; measured 159/159, attainment 1.0)
+    assert s["num_requests"] > 100
+    assert s["completed"] == s["num_requests"] and s["slo_attainment"] == 1.0
     assert "goodput" in proc.stdout
 
 

@@ -94,5 +94,10 @@ def test_train_py_agent_ppo_tiny(tmp_path):
         assert (out / f).is_file(), f
     res = json.loads((out / "eval.json").read_text())
     assert set(res["settings"]) == {"train", "augmix_10rps", "augmix_14rps_600s"}
-    assert res["settings"]["train"]["rl_goodput"] > 0
+    for name, st in res["settings"].items():
+        # 4-6 s windows load nothing: a policy that stalls or starves a request fails here
+        assert st["rl_attainment"] == st["augserve_attainment"] == 1.0, name
+        assert st["ratio"] == pytest.approx(st["rl_goodput"] / st["augserve_goodput"]), name
+        assert st["rl_goodput"] * st["window_s"] == pytest.approx(round(st["rl_goodput"]
+                                                                        * st["window_s"]))
     assert (ck / "model.safetensors").is_file() and "rl / augserve" in proc.stdout
