@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from augserve.contract import RequestView
@@ -62,10 +62,10 @@ class ScriptPlayer(Generic[R]):
     returned at ``t`` (``r.seg_idx`` already points at the next segment).
     """
 
-    def __init__(self, runtimes: Sequence[R], policy: Policy, *,
+    def __init__(self, runtimes: list[R], policy: Policy, *,
                  arrive: Callable[[R], None], resume: Callable[[R, float, ToolCall], None],
                  progress: bool = False, desc: str = "run") -> None:
-        self.reqs: list[R] = list(runtimes)
+        self.reqs = runtimes  # the engine's own list (not copied)
         self.policy = policy
         self._arrive = arrive
         self._resume = resume

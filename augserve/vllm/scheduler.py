@@ -147,17 +147,13 @@ class PolicyQueue(RequestQueue):
         if self._in_pass and rid in self._popped:
             # popped by vLLM's loop in this pass and put back (skipped): undo the pop; the
             # policy still holds it unless it was told of an admission
-            if self._popped.pop(rid):
-                self.enqueue(rt)
+            if self._popped.pop(rid) and (rej := self.enqueue(rt)) is not None:
+                self._turn_away(request, rt, rej)
             return
         rt.on_wait(s.now(), request.status == RequestStatus.PREEMPTED)
         rej = self.enqueue(rt)
-        if rej is not None:  # the policy turned it away: it leaves the queue, vLLM aborts it
-            del self._members[rid]
-            self.waiting_prefill -= self._wait_tokens.pop(rid, 0)
-            s.forget_runtime(request)  # the policy, which rejected it, is not told on_leave
-            rt.on_reject(str(rej.reason))
-            s.reject(request, str(rej.reason))
+        if rej is not None:
+            self._turn_away(request, rt, rej)
             return
         if s.trace is not None:
             v = rt.view
@@ -169,6 +165,16 @@ class PolicyQueue(RequestQueue):
                 "observed_tool_s": list(v.observed_tool_s), "preempted": v.preempted,
                 "metadata": {k: x for k, x in v.metadata.items() if _jsonable(x)},
             })
+
+    def _turn_away(self, request: Request, rt: VRuntime, rej: Reject) -> None:
+        """The policy rejected ``request``: it leaves the queue and vLLM aborts it; the policy,
+        which rejected it, is not told ``on_leave``."""
+        rid = request.request_id
+        del self._members[rid]
+        self.waiting_prefill -= self._wait_tokens.pop(rid, 0)
+        self._s.forget_runtime(request)
+        rt.on_reject(str(rej.reason))
+        self._s.reject(request, str(rej.reason))
 
     def hit(self, request: Request) -> tuple[int, int]:
         """(prefix-hit tokens, hit blocks that are free now) for ``request`` in this pass."""
