@@ -88,6 +88,18 @@ def test_swap_timeline() -> None:
     assert res.stats["end_free_blocks"] == res.stats["num_gpu_blocks"]
 
 
+def test_swap_on_the_critical_path_costs_pcie_time() -> None:
+    # PCIe slowed so that one 16-token block (2 MiB on llama3_8b) takes 25 ms, longer than a
+    # 10 ms step: the budget from a 10 ms step is 1 block, and each copy step lasts 25 ms.
+    # Out: [.03, .055), [.055, .08); the call returns at .13; in: [.13, .155), [.155, .18);
+    # the resume prefill [.18, .19) gives token 4 at .19, token 5 at .20.
+    eng = engine()
+    eng.swap_bytes_per_s = 2 * 2**20 / 0.025
+    res = eng.run([one_request()], FixedMode(KVMode.SWAP))
+    np.testing.assert_allclose(res.records[0].token_s, [0.01, 0.02, 0.03, 0.19, 0.20])
+    assert res.stats["swap_stall_s"] == pytest.approx(4 * (0.025 - STEP))
+
+
 def test_chunked_prefill_under_budget() -> None:
     # prompt 100 with a 40-token budget: chunks 40, 40, 20 -> first token at the end of step 3
     r = AugRequest("p", 0.0, 100, (Segment(2),))

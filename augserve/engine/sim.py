@@ -27,7 +27,11 @@ Tool interception (the KV mode comes from ``policy.on_intercept``):
 * ``swap``: the blocks are copied to CPU at up to ``swap_budget_blocks`` a step (from the PCIe
   bandwidth and the last step's duration), freeing GPU blocks as they go; on return the request
   is re-admitted, its blocks are copied back within the same per-step budget, then it prefills
-  the returned tokens. Copies overlap compute (InferCept's budgeted swap), so they add no time.
+  the returned tokens. Copies overlap the forward pass (InferCept's pipelined, budgeted swap,
+  Abhyankar et al., ICML 2024), but a step lasts at least as long as the copies it carries
+  at ``pcie_bytes_per_s`` (the profile's cited figure), and a step of copies alone lasts that
+  long (at least the cheapest step): a swap-in on a request's critical path costs its PCIe
+  time (``swap_stall_s`` in the stats sums what copies added beyond compute).
 
 Speed: decoding requests are tracked lazily (a request's tokens are derived from the global step
 counter, not updated one by one), so a step costs O(events), not O(batch). When a stretch of
@@ -232,7 +236,7 @@ class SimRun:
         self.stats = {
             "steps": 0, "forward_s": 0.0, "recompute_s": 0.0, "prefill_tokens": 0,
             "decode_tokens": 0, "recompute_tokens": 0, "preemptions": 0, "swap_out_blocks": 0,
-            "swap_in_blocks": 0, "prefix_hit_tokens": 0, "stretch_steps": 0,
+            "swap_in_blocks": 0, "swap_stall_s": 0.0, "prefix_hit_tokens": 0, "stretch_steps": 0,
             "num_gpu_blocks": eng.num_blocks,
         }
         self.kv = ToolKV(self.pool, self.bs, self.info.kv_bytes_per_token,
@@ -384,10 +388,11 @@ class SimRun:
         self.dec_allocated = False
         # swap transfers (each direction has its own per-step budget: PCIe is full duplex)
         swapping = kv.transfers_pending()
+        copy_s = 0.0  # PCIe is full duplex: the slower direction bounds the step
         if kv.swapping_in:
-            kv.swap_in(kv.budget(self.last_dt))
+            copy_s = kv.copy_s(kv.swap_in(kv.budget(self.last_dt)))
         if kv.swapping_out:
-            kv.swap_out(kv.budget(self.last_dt))
+            copy_s = max(copy_s, kv.copy_s(kv.swap_out(kv.budget(self.last_dt))))
         # 4. time
         sched = [(r, c) for r, c in sched if r.state is State.RUNNING]
         pf_tokens = 0
@@ -406,14 +411,19 @@ class SimRun:
         if n_tokens == 0:
             # only swap traffic or nothing schedulable: wait for the next event
             nxt = self.next_event_time()
-            if swapping:  # a step of pure copying: it lasts as long as the cheapest step
-                self.tick(self.info.step_floor_s, 0, 0, 0)
+            if swapping:  # a step of pure copying: as long as its copies, at least a step
+                dt = max(self.info.step_floor_s, copy_s)
+                self.stats["swap_stall_s"] += dt - self.info.step_floor_s
+                self.tick(dt, 0, 0, 0)
             elif nxt is not None:
                 self.now = max(self.now, nxt)
             else:
                 raise RuntimeError("deadlock: nothing can run and no event is pending")
             return
         dt = self.eng.cost.step_time(n_tokens, dec_ctx, pf_attn)
+        if copy_s > dt:  # copies overlap the forward pass but the step ends when they do
+            self.stats["swap_stall_s"] += copy_s - dt
+            dt = copy_s
         self.stats["recompute_s"] += dt * rc_tokens / n_tokens
         self.stats["prefill_tokens"] += pf_tokens
         self.stats["recompute_tokens"] += rc_tokens

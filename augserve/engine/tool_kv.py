@@ -135,8 +135,14 @@ class ToolKV:
     def transfers_pending(self) -> bool:
         return bool(self.swapping_in or self.swapping_out)
 
-    def swap_in(self, budget: int) -> None:
-        """Copy up to ``budget`` blocks back to the GPU, in admission order."""
+    def copy_s(self, blocks: int) -> float:
+        """Seconds to move ``blocks`` over PCIe in one direction."""
+        bw = self.swap_bytes_per_s
+        return 0.0 if math.isinf(bw) else blocks * self.block_bytes / bw
+
+    def swap_in(self, budget: int) -> int:
+        """Copy up to ``budget`` blocks back to the GPU, in admission order; returns how many."""
+        moved = 0
         for r in list(self.swapping_in):
             if budget <= 0:
                 break
@@ -145,12 +151,16 @@ class ToolKV:
             r.cpu_blocks -= x
             self.swap_used_bytes -= x * self.block_bytes
             budget -= x
+            moved += x
             self.stats["swap_in_blocks"] += x
             if not r.swap_in_left:
                 del self.swapping_in[r]
+        return moved
 
-    def swap_out(self, budget: int) -> None:
-        """Copy up to ``budget`` blocks to CPU, freeing them on the GPU, in call order."""
+    def swap_out(self, budget: int) -> int:
+        """Copy up to ``budget`` blocks to CPU, freeing them on the GPU, in call order; returns
+        how many."""
+        moved = 0
         for r in list(self.swapping_out):
             if budget <= 0:
                 break
@@ -161,6 +171,8 @@ class ToolKV:
             self.paused_blocks -= x
             self.pool.release(r.req.rid, x, 0)
             budget -= x
+            moved += x
             self.stats["swap_out_blocks"] += x
             if not r.swap_out_left:
                 del self.swapping_out[r]
+        return moved
