@@ -13,6 +13,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -108,6 +109,22 @@ class EngineState(NamedTuple):
     info: EngineInfo
 
 
+#: The request metadata a policy may read (``RequestView.metadata``): what a client can send a
+#: server at arrival (:data:`augserve.vllm.hints.SCHEMA`). Workloads keep more (where a script
+#: came from, how it was filled or cut, its tool classes); that describes the script, which a
+#: serving system does not know, so views leave it out. Keys named ``x_*`` are a client's own
+#: (a tier, a tag sent as ``vllm_xargs``) and pass through; no workload writes them.
+VIEW_METADATA: tuple[str, ...] = (
+    "source",  # dataset / application the request comes from
+    "tools",  # names of the tools offered to the model
+    "tools_schema_tokens",  # tokens of their schemas in the prompt
+    "predicted_output_tokens",  # client-side predictions (hints)
+    "predicted_num_calls",
+    "predicted_tool_s",
+)
+CLIENT_PREFIX = "x_"
+
+
 class RequestView:
     """What a policy may know about a request. Read-only; the script stays hidden.
 
@@ -144,7 +161,10 @@ class RequestView:
 
     @property
     def metadata(self) -> Mapping[str, Any]:
-        return self._r.req.metadata
+        """The request's :data:`VIEW_METADATA` and ``x_*`` keys (the rest is hidden)."""
+        meta = self._r.req.metadata
+        return MappingProxyType({k: v for k, v in meta.items()
+                                 if k in VIEW_METADATA or k.startswith(CLIENT_PREFIX)})
 
     @property
     def session_id(self) -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from augserve.prefix import Prefix, check_prefix
+
 #: The six InferCept/LAMPS augmentation types, plus a catch-all for other workloads.
 AUG_TYPES: tuple[str, ...] = ("math", "qa", "ve", "chatbot", "image", "tts")
 
@@ -51,12 +53,19 @@ class AugRequest:
     prompt_text: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     session_id: str | None = None  # the program it belongs to (RequestView.session_id)
+    #: content keys of the prompt's shared prefix, ``(key, tokens)`` levels (augserve.prefix)
+    prefix: Prefix = ()
 
     def __post_init__(self) -> None:
         if not self.segments:
             raise ValueError(f"request {self.rid}: no segments")
         if self.prompt_tokens < 1:
             raise ValueError(f"request {self.rid}: prompt_tokens must be >= 1")
+        if self.prefix:
+            try:
+                object.__setattr__(self, "prefix", check_prefix(self.prefix, self.prompt_tokens))
+            except ValueError as e:
+                raise ValueError(f"request {self.rid}: {e}") from None
         for k, seg in enumerate(self.segments):
             if seg.gen_tokens < 1:
                 raise ValueError(f"request {self.rid}: segment {k} gen_tokens must be >= 1")
@@ -123,5 +132,5 @@ class AugRequest:
         meta["truncated_to"] = max_len
         return AugRequest(
             self.rid, self.arrival_s, self.prompt_tokens, tuple(segs), self.aug_type,
-            self.prompt_text, MappingProxyType(meta), self.session_id,
+            self.prompt_text, MappingProxyType(meta), self.session_id, self.prefix,
         )

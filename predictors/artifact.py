@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from augserve.predictor import Prediction
+from augserve.workload.holdout import SPLIT_FILE
 from predictors.features import (
     ArrivalInputs,
     FeatureInput,
@@ -187,8 +188,11 @@ class LGBMPredictor:
 
 def save_artifact(path: str | Path, kind: str, spec: FeatureSpec,
                   models: Mapping[str, TargetModel], config: Mapping[str, Any] | None = None,
-                  metrics: Mapping[str, Any] | None = None) -> Path:
-    """Write an artifact directory (replacing one that is there). Returns its path."""
+                  metrics: Mapping[str, Any] | None = None,
+                  split: Mapping[str, Any] | None = None) -> Path:
+    """Write an artifact directory (replacing one that is there). Returns its path. ``split``:
+    the train/test split the models were fit under (``split.json``,
+    :mod:`augserve.workload.holdout`)."""
     root = Path(path)
     tmp = root.with_name(root.name + ".tmp")
     if tmp.exists():
@@ -210,6 +214,8 @@ def save_artifact(path: str | Path, kind: str, spec: FeatureSpec,
         (tmp / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
     if metrics is not None:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float) + "\n")
+    if split is not None:
+        (tmp / SPLIT_FILE).write_text(json.dumps(split, indent=0) + "\n")
     if root.exists():
         shutil.rmtree(root)
     tmp.rename(root)

@@ -59,12 +59,14 @@ class FeatureInput:
     def from_row(cls, row: ToolUseRow, at_call: int = 0) -> FeatureInput:
         """The request ``row`` after its first ``at_call`` calls returned (0 = arrival).
 
-        Unknown segment/return lengths before ``at_call`` count as 0 tokens.
+        Unknown segment/return lengths before ``at_call`` count as 0 tokens. ``prompt_tokens``
+        is the text's and the tool schemas' (what the engine is sent).
         """
         k = int(at_call)
         if not 0 <= k <= row.num_calls:
             raise ValueError(f"{row.source}/{row.rid}: at_call={k} outside 0..{row.num_calls}")
-        gen = sum(int(s or 0) for s in row.segment_tokens[:k])
+        # a known segment of 0 tokens is played as 1 (the engine generates >= 1 a segment)
+        gen = sum(max(1, int(s)) for s in row.segment_tokens[:k] if s is not None)
         last_ret = int(row.return_tokens[k - 1] or 0) if k > 0 else 0
         elapsed = 0.0
         if k > 0:
@@ -72,7 +74,8 @@ class FeatureInput:
             elapsed = float(sum(ts[:k])) if ts is not None else math.nan
         return cls(
             prompt_text=row.prompt_text or "",
-            prompt_tokens=int(row.prompt_tokens),
+            # what the engine is sent and a view shows: the text and the tools' schemas
+            prompt_tokens=int(row.prompt_tokens) + int(row.tools_schema_tokens or 0),
             source=row.source,
             aug_type=row.aug_type or "other",
             tools=tuple(row.tools),

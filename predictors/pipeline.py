@@ -2,8 +2,10 @@
 
 :func:`train_predictors` loads the sources, builds the per-target samples, evaluates every
 method in ``eval.methods`` within datasets (a group-aware split) and across datasets (train on
-the others, test on one), fits the configured family on all rows, writes the servable artifact
-to ``artifact_dir`` and ``metrics.json``, ``metrics.md`` and ``feature_importance.png`` to the
+the others, test on one), and writes the configured family's models fit on the within-dataset
+training rows as the servable artifact to ``artifact_dir`` (its ``split.json`` names the
+held-out rows, which evaluation workloads then draw: :mod:`augserve.workload.holdout`) and
+``metrics.json``, ``metrics.md`` and ``feature_importance.png`` to the
 output directory, and sends the results to an experiment logger. Relative paths in the config
 (``data_dir``, ``artifact_dir``) are relative to the directory the run was started from
 (:func:`hydra.utils.to_absolute_path`; the process's cwd outside a Hydra run).
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,19 @@ def plot_importance(importances: Mapping[str, Mapping[str, float]], path: Path,
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def split_record(rows: Sequence[Any], test_mask: np.ndarray, test_size: float,
+                 seed: int) -> dict[str, Any]:
+    """The artifact's ``split.json``: held-out row ids per dataset (sorted) and the rule."""
+    held: dict[str, list[str]] = {r.source: [] for r in rows}  # (a dataset too small to
+    for r, t in zip(rows, test_mask, strict=True):                # split holds out nothing)
+        if t:
+            held[r.source].append(str(r.rid))
+    return {"method": "per dataset, sklearn GroupShuffleSplit by row.group "
+                      "(predictors.evaluate.within_split); models fit on the rest",
+            "test_size": test_size, "seed": seed, "train_rows": int((~test_mask).sum()),
+            "held_out": {s: sorted(v) for s, v in sorted(held.items())}}
 
 
 def train_predictors(cfg: DictConfig | Mapping[str, Any], out_dir: str | Path,
@@ -148,16 +163,19 @@ def train_predictors(cfg: DictConfig | Mapping[str, Any], out_dir: str | Path,
         if not results["across"]:
             del results["across"]
 
-        # -- final models on all rows -------------------------------------------------------
-        metrics = {"kind": kind, "rows": len(rows), "sources": reports,
-                   "samples": {t: len(d.y) for t, d in data.items()}, "excluded": excl,
-                   "results": results}
+        # -- the served models: the within-dataset training rows only ------------------------
+        split = split_record(rows, test_mask, float(cfg.eval.test_size), seed)
+        metrics = {"kind": kind, "rows": len(rows), "train_rows": split["train_rows"],
+                   "sources": reports, "samples": {t: len(d.y) for t, d in data.items()},
+                   "excluded": excl, "results": results}
         art_path = None
         final = None
         if kind in SERVABLE:
-            final = fit(kind, data)
+            # the within evaluation fit exactly these (same rows, params and seed): its
+            # held-out scores are the served models'
+            final = eval_models[kind]
             art_path = save_artifact(to_absolute_path(str(cfg.artifact_dir)), kind, spec,
-                                     final, config=run_config, metrics=metrics)
+                                     final, config=run_config, metrics=metrics, split=split)
         else:
             print(f"predictor kind {kind!r} is evaluation-only: no artifact written")
     elapsed = time.perf_counter() - t0

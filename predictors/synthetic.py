@@ -66,8 +66,8 @@ def row_to_request(row: ToolUseRow, arrival_s: float = 0.0) -> Any:
         segs.append(Segment(max(1, int(g or 1)), call))
     meta = {"source": row.source, "tools": list(row.tools),
             "tools_schema_tokens": row.tools_schema_tokens}
-    return AugRequest(row.rid, arrival_s, row.prompt_tokens, tuple(segs), row.aug_type,
-                      row.prompt_text, MappingProxyType(meta))
+    return AugRequest(row.rid, arrival_s, row.prompt_tokens + row.tools_schema_tokens,
+                      tuple(segs), row.aug_type, row.prompt_text, MappingProxyType(meta))
 
 
 class FakeRuntime:

@@ -10,7 +10,9 @@ Rules (units: tokens, seconds):
 
 * ``prompt_tokens = row.prompt_tokens + row.tools_schema_tokens``: the offered tools' schemas are
   sent with the prompt, so the engine prefills them too (``metadata["prompt_text_tokens"]`` keeps
-  the text's own count).
+  the text's own count). They come first, so rows offering the same tools share that prefix:
+  ``prefix`` is ``("schema:<dataset>:<tools key>", schema tokens)`` then
+  ``("row:<dataset>:<row id>", prompt tokens)`` (:mod:`augserve.prefix`).
 * The call structure (names, order, count) is the row's. Call ``k``'s ``ToolCall.kind`` is the
   tool name.
 * Unknown lengths (``None``) are drawn from the empirical distribution of the *known* values of
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -43,6 +46,7 @@ import numpy as np
 from augserve.request import AugRequest, Segment, ToolCall
 from augserve.workload import make_arrivals
 from augserve.workload.base import ScriptSource
+from augserve.workload.holdout import load_holdout, usable
 from augserve.workload.sampled import SampledWorkload
 from augserve.workload.trace_jsonl import write_trace
 from predictors.data import DEFAULT_DATA_DIR, load_source
@@ -174,6 +178,11 @@ def _fill(
     return int(default), "default"
 
 
+def _names_key(tools: Sequence[str]) -> str:
+    """A short stable key for a set of offered tools (their schemas are the same text)."""
+    return hashlib.sha256("\n".join(tools).encode()).hexdigest()[:16]
+
+
 def rows_to_requests(
     rows: Sequence[ToolUseRow],
     tool_time: ToolTimeModel,
@@ -228,10 +237,16 @@ def rows_to_requests(
             "aug_type": r.aug_type, "group": r.group, "prompt_text_tokens": r.prompt_tokens,
             "tool_classes": tuple(classes), "filled": filled,
         }
+        prompt = r.prompt_tokens + r.tools_schema_tokens
+        prefix: list[tuple[str, int]] = []
+        if r.tools_schema_tokens:
+            prefix.append((f"schema:{r.source}:{_names_key(r.tools)}", r.tools_schema_tokens))
+        if prompt > r.tools_schema_tokens:
+            prefix.append((f"row:{r.source}:{r.rid}", prompt))
         out.append(AugRequest(
-            rid=r.rid, arrival_s=0.0, prompt_tokens=r.prompt_tokens + r.tools_schema_tokens,
+            rid=r.rid, arrival_s=0.0, prompt_tokens=prompt,
             segments=tuple(segs), aug_type=r.aug_type, prompt_text=r.prompt_text,
-            metadata=MappingProxyType(meta),
+            metadata=MappingProxyType(meta), prefix=tuple(prefix),
         ))
     return out
 
@@ -248,7 +263,9 @@ class DatasetSource(ScriptSource):
     fixed per row, like a recorded trace); the workload's rng then only picks scripts. ``mix``:
     ``"source"`` picks a dataset uniformly, then a row of it (every dataset gets an equal share
     whatever its size); ``"rows"`` picks uniformly among all rows. With ``max_model_len`` rows
-    whose prompt (with tool schemas) does not fit are left out (``dropped[source]``).
+    whose prompt (with tool schemas) does not fit are left out (``dropped[source]``). With
+    ``holdout`` (held-out row ids per dataset, :mod:`augserve.workload.holdout`) rows a predictor
+    artifact was fit on are left out too (``held_back[source]``).
     """
 
     def __init__(
@@ -261,6 +278,7 @@ class DatasetSource(ScriptSource):
         mix: str = "source",
         default_segment_tokens: int = DEFAULT_SEGMENT_TOKENS,
         default_return_tokens: int = DEFAULT_RETURN_TOKENS,
+        holdout: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
         names = [sources] if isinstance(sources, str) else [str(s) for s in sources]
         if not names:
@@ -282,8 +300,11 @@ class DatasetSource(ScriptSource):
         pools = LengthPools.from_rows(all_rows)
         self.dropped: dict[str, int] = {}
         kept = []
+        self.held_back: dict[str, int] = {}  # rows a predictor was fit on (not drawn)
         for r in all_rows:
-            if max_model_len is not None and r.prompt_tokens + r.tools_schema_tokens \
+            if not usable(r.source, r.rid, holdout):
+                self.held_back[r.source] = self.held_back.get(r.source, 0) + 1
+            elif max_model_len is not None and r.prompt_tokens + r.tools_schema_tokens \
                     >= max_model_len:
                 self.dropped[r.source] = self.dropped.get(r.source, 0) + 1
             else:
@@ -296,7 +317,8 @@ class DatasetSource(ScriptSource):
         empty = [n for n, p in self.pool.items() if not p]
         if empty:
             raise ValueError(f"no usable rows in dataset(s) {empty} (max_model_len="
-                             f"{max_model_len}, dropped={self.dropped})")
+                             f"{max_model_len}, dropped={self.dropped}, fit on by the "
+                             f"predictor={self.held_back})")
         self.scripts: list[AugRequest] = [s for n in names for s in self.pool[n]]
 
     def draw(self, rng: np.random.Generator, n: int) -> list[AugRequest]:
@@ -322,13 +344,17 @@ def make_dataset_workload(
     seed_scripts: int = 0,
     max_requests: int | None = None,
     mix: str = "source",
+    holdout: str | Path | None = None,
 ) -> SampledWorkload:
     """Scripts from the named datasets at ``rate`` req/s over ``duration_s`` s.
 
     ``data_dir`` is relative to the working directory. ``seed_scripts`` seeds the script pool
     (fills, tool durations); the run seed drives arrivals and which scripts are drawn.
+    ``holdout``: a predictor artifact directory; only the rows its split held out are drawn.
     """
-    src = DatasetSource(sources, data_dir, seed_scripts, max_model_len=max_model_len, mix=mix)
+    held = load_holdout(holdout) if holdout is not None else None
+    src = DatasetSource(sources, data_dir, seed_scripts, max_model_len=max_model_len, mix=mix,
+                        holdout=held)
     return SampledWorkload(src, make_arrivals(arrivals, rate, burstiness, azure_path),
                            duration_s, max_model_len=max_model_len, max_requests=max_requests)
 

@@ -254,3 +254,31 @@ def test_bad_decision_trace_line_names_file_and_line(tmp_path) -> None:
     p.write_text('{"step": 1}\nnot json\n')
     with pytest.raises(ValueError, match=r"d.jsonl:2: not a JSON line"):
         read_trace(p)
+
+
+def test_views_show_arrival_metadata_only_and_ids_name_no_script() -> None:
+    from types import MappingProxyType
+
+    from augserve.contract import VIEW_METADATA
+    from augserve.sched.vllm import VLLMPolicy
+    from augserve.workload import make_augmix
+
+    meta = {"source": "api_bank", "tools": ("a",), "tools_schema_tokens": 9,
+            "predicted_tool_s": 0.5, "x_tier": "gold", "tool_classes": ("web_api",),
+            "trailing_call": True, "script_rid": "row-7", "filled": {}, "truncated_to": 99}
+    req = AugRequest("r", 0.0, 10, (Segment(2),), metadata=MappingProxyType(meta))
+    seen: list = []
+
+    class Peek(VLLMPolicy):
+        def on_enqueue(self, view, state):
+            seen.append((view.rid, dict(view.metadata)))
+            return super().on_enqueue(view, state)
+
+    make_sim_engine(constant_step_s=0.01).run([req], Peek())
+    assert seen[0][1] == {"source": "api_bank", "tools": ("a",), "tools_schema_tokens": 9,
+                          "predicted_tool_s": 0.5, "x_tier": "gold"}
+    assert set(seen[0][1]) - {"x_tier"} <= set(VIEW_METADATA)
+    # a sampled workload's ids are arrival indices; the script's key stays in hidden metadata
+    reqs = make_augmix(rate=5.0, duration_s=4.0).requests(0)
+    assert [r.rid for r in reqs] == [str(i) for i in range(len(reqs))]
+    assert all("script_rid" in r.metadata for r in reqs)

@@ -100,6 +100,32 @@ def test_swap_on_the_critical_path_costs_pcie_time() -> None:
     assert res.stats["swap_stall_s"] == pytest.approx(4 * (0.025 - STEP))
 
 
+def test_same_content_keys_share_blocks_in_use_and_cached() -> None:
+    # a and b have the same 160-token prefix (10 blocks of 16): admitted in the same step, b
+    # takes a's blocks as they are named (V1 caches a block once it is full of scheduled
+    # tokens), so the two hold 13 + 3 blocks, not 26; c comes later with the same row key and
+    # hits the blocks left in the free queue; d has no key and hits nothing.
+    pre = (("row:x", 160),)
+    reqs = [AugRequest("a", 0.0, 200, (Segment(2),), prefix=pre),
+            AugRequest("b", 0.0, 200, (Segment(2),), prefix=pre),
+            AugRequest("c", 1.0, 200, (Segment(2),), prefix=pre),
+            AugRequest("d", 2.0, 200, (Segment(2),))]
+    eng = engine()
+    run = eng.start(reqs, FixedMode(KVMode.PRESERVE))
+    assert run.advance()
+    run.step()
+    assert run.pool.used == 13 + 3 and run.pool.shared_in_use == 10
+    while run.advance():
+        run.step()
+    res = run.finish()
+    hits = {r.rid: r.prefix_hit_tokens for r in res.records}
+    assert hits == {"a": 0, "b": 160, "c": 160, "d": 0}
+    assert res.stats["end_free_blocks"] == res.stats["num_gpu_blocks"]
+    # without prefix caching nothing is shared
+    res = engine(prefix_caching=False).run(reqs, FixedMode(KVMode.PRESERVE))
+    assert all(r.prefix_hit_tokens == 0 for r in res.records)
+
+
 def test_chunked_prefill_under_budget() -> None:
     # prompt 100 with a 40-token budget: chunks 40, 40, 20 -> first token at the end of step 3
     r = AugRequest("p", 0.0, 100, (Segment(2),))

@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 import predictors.pipeline as pipeline
-from predictors.artifact import load_predictor
+from predictors.artifact import load_predictor, save_artifact
+from predictors.features import FeatureSpec
+from predictors.models import build_samples, fit_family, subset
 from predictors.schema import ConversionReport
 from predictors.synthetic import synthetic_rows, view_of
 
@@ -71,6 +74,36 @@ def test_train_predictors_writes_the_reports_and_the_artifact(tmp_path, monkeypa
     assert pred.predict([view_of(r) for r in synthetic_rows(4)]).output_tokens.shape == (4,)
     assert "within/lgbm/all" in logger.summaries and "importance/output" in logger.summaries
     assert logger.images == ["feature_importance"] and not logger.closed  # the caller closes
+
+
+def test_the_artifact_is_fit_on_the_training_rows_and_records_the_held_out_ones(
+        tmp_path, monkeypatch) -> None:
+    from augserve.workload.holdout import load_holdout
+    from predictors.evaluate import within_split
+
+    monkeypatch.setattr(pipeline, "load_source", _fake_load_source)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = pipeline.train_predictors(_cfg(tmp_path), out, progress=False)
+    split = json.loads((res["artifact"] / "split.json").read_text())
+    rows = [r for s in SOURCES for r in _fake_load_source(s, tmp_path)[0]]
+    test = within_split(rows, split["test_size"], split["seed"])
+    held = load_holdout(res["artifact"])
+    assert set(held) == set(SOURCES)
+    for s in SOURCES:
+        assert held[s] == {r.rid for r, t in zip(rows, test, strict=True) if t and r.source == s}
+        assert 0 < len(held[s]) < sum(r.source == s for r in rows)
+    assert split["train_rows"] == res["metrics"]["train_rows"] == int((~test).sum())
+    # the served models are the within evaluation's: its held-out scores are theirs
+    x = [view_of(r) for r in rows[:8]]
+    served = load_predictor(str(res["artifact"]), kind="lgbm").predict(x).output_tokens
+    cfg = _cfg(tmp_path)
+    spec = FeatureSpec(**OmegaConf.to_container(cfg.features, resolve=True))
+    params = OmegaConf.to_container(cfg.predictor.params, resolve=True)
+    train = {t: subset(d, ~test) for t, d in build_samples(rows, spec).items()}
+    refit = save_artifact(tmp_path / "refit", "lgbm", spec,
+                          fit_family("lgbm", train, spec, params, split["seed"], 2))
+    assert served.tolist() == load_predictor(str(refit)).predict(x).output_tokens.tolist()
 
 
 def test_train_predictors_evaluation_only_kind(tmp_path, monkeypatch, capsys):

@@ -122,3 +122,54 @@ def test_arrival_key_holds_what_the_columns_read() -> None:
                           build_matrix(spec, [FeatureInput(*ib)]))
     ic = (a + "z", *ia[1:])  # one char longer: another prompt-length feature
     assert arrival_key(spec, ic) != arrival_key(spec, ia)
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SOURCES = ("toolbench_cot", "api_bank", "toolalpaca", "tooltalk", "bfcl", "infercept_mix")
+
+
+def test_training_features_are_what_the_engine_shows(tmp_path) -> None:
+    """Train/serve parity through the real converters: a dataset row's features (training)
+    equal those of the request ``rows_to_requests`` makes of it, read off the simulator's
+    views at arrival and after each returned call (serving)."""
+    from augserve.contract import KVMode
+    from augserve.engine.factory import make_sim_engine
+    from augserve.sched.vllm import VLLMPolicy
+    from predictors.data import load_source
+    from predictors.workload import ToolTimeModel, rows_to_requests
+
+    rows = []
+    for name in SOURCES:
+        if not (DATA / name).is_dir():
+            pytest.skip(f"real data absent: {DATA / name}")
+        got, _ = load_source(name, DATA)
+        rows += [r for r in got if r.prompt_tokens + r.tools_schema_tokens < 6000][:40]
+    reqs = rows_to_requests(rows, ToolTimeModel(), np.random.default_rng(0))
+    seen: dict[tuple[str, int], FeatureInput] = {}
+
+    class Probe(VLLMPolicy):  # vllm mode: every resume re-enters the queue
+        def on_enqueue(self, view, state):
+            seen.setdefault((view.rid, view.calls_done), FeatureInput.from_view(view))
+            return super().on_enqueue(view, state)
+
+        def on_intercept(self, view, state):
+            return KVMode.VLLM
+
+    for i, r in enumerate(reqs):  # one at a time: nothing preempts
+        object.__setattr__(r, "arrival_s", float(100 * i))
+    make_sim_engine(constant_step_s=0.001).run(reqs, Probe(2048))
+    spec = FeatureSpec()
+    compared = 0
+    for row in rows:
+        known = all(s is not None for s in row.segment_tokens) and all(
+            x is not None for x in row.return_tokens)
+        for k in range(row.num_calls + 1 if known else 1):
+            fr, fv = FeatureInput.from_row(row, at_call=k), seen[(row.rid, k)]
+            assert fr.prompt_tokens == fv.prompt_tokens, (row.source, row.rid)
+            assert fr.at_arrival() == fv.at_arrival() if k == 0 else True
+            assert (fr.generated_tokens, fr.last_return_tokens) == (
+                fv.generated_tokens, fv.last_return_tokens), (row.source, row.rid, k)
+            if k == 0:
+                np.testing.assert_array_equal(build_matrix(spec, [fr]), build_matrix(spec, [fv]))
+            compared += 1
+    assert compared > len(rows)

@@ -71,6 +71,18 @@ def test_rows_to_requests_fills_and_structure() -> None:
     assert only_c[0].metadata["filled"] == {"response_tokens": "default"}
 
 
+def test_prompt_prefix_keys_schema_then_row() -> None:
+    # the schemas of the offered tools come first: rows offering the same tools share them;
+    # the whole prompt is keyed by the row (a row drawn twice has the same prompt)
+    rows = [_row("a", "r1", ["search"], [3, 4], [2]), _row("a", "r2", ["search"], [3, 4], [2]),
+            _row("a", "r3", ["math.add"], [3, 4], [2]), _row("b", "r4", [], [5], [], sch=0)]
+    r1, r2, r3, r4 = rows_to_requests(rows, ToolTimeModel(), np.random.default_rng(0))
+    assert r1.prefix[0][1] == 7 and r1.prefix[1] == ("row:a:r1", 12)
+    assert r1.prefix[0] == r2.prefix[0] != r3.prefix[0]
+    assert r1.prefix[1] != r2.prefix[1]
+    assert r4.prefix == (("row:b:r4", 5),)
+
+
 def test_tool_time_model() -> None:
     tt = ToolTimeModel()
     rng = np.random.default_rng(1)

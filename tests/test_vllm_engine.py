@@ -309,3 +309,19 @@ def test_calibrate_writes_a_profile_and_prints_the_fidelity_table(tmp_path: Path
         assert report[regime]["sim"]["num_requests"] == report[regime]["live"]["num_requests"]
     for metric in ("TTFT p50", "TPOT p90", "E2EL p50", "E2EL p90"):
         assert out.stdout.count(metric) >= 2, out.stdout[-2000:]  # one row per regime
+
+
+def test_requests_with_the_same_content_keys_share_prompt_blocks(engine) -> None:
+    # b's prompt starts with a's first 160 tokens (the same content key: a shared tool-schema
+    # preamble, say); c's prompt has no shared prefix. The live engine derives the prompt ids
+    # from the keys, so vLLM's own prefix cache finds what the simulator's key model finds.
+    pre = (("schema:test", 160),)
+    a = AugRequest("a", 0.0, 200, (Segment(4),), prefix=pre)
+    b = AugRequest("b", 1.0, 180, (Segment(4),), prefix=pre)
+    c = AugRequest("c", 1.5, 200, (Segment(4),))
+    res = engine.run([a, b, c], VLLMPolicy(128))
+    bs = engine.info().block_size
+    by = {r.rid: r for r in res.records}
+    assert by["a"].prefix_hit_tokens == 0
+    assert by["b"].prefix_hit_tokens == 160 // bs * bs
+    assert by["c"].prefix_hit_tokens == 0

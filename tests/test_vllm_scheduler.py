@@ -67,7 +67,7 @@ def new_ids(sched) -> list[str]:
 
 
 class Recorder(KeyedPolicy):
-    """Static keys from the ``rank`` hint; fixed budget; records what it is shown."""
+    """Static keys from the ``x_rank`` client hint; fixed budget; records what it is shown."""
 
     name = "recorder"
 
@@ -82,7 +82,7 @@ class Recorder(KeyedPolicy):
                            "calls_done": view.calls_done, "tool_s": view.observed_tool_s,
                            "tool": view.current_tool, "meta": dict(view.metadata),
                            "preempted": view.preempted, "prompt": view.prompt_tokens})
-        return (view.metadata.get("rank", 0), view.submit_s)
+        return (view.metadata.get("x_rank", 0), view.submit_s)
 
     def token_budget(self, state: EngineState) -> int:
         self.states.append((state, self.probe() if self.probe else None))
@@ -96,9 +96,9 @@ def test_policy_order_is_honoured_over_fcfs(llm) -> None:
     s = sched_of(llm)
     pol = Recorder()
     s.attach(pol)
-    add(llm, "a", 40, rank=3)
-    add(llm, "b", 40, rank=1)
-    add(llm, "c", 40, rank=2)
+    add(llm, "a", 40, x_rank=3)
+    add(llm, "b", 40, x_rank=1)
+    add(llm, "c", 40, x_rank=2)
     llm.step()
     assert new_ids(s) == ["b", "c", "a"]  # FCFS would be a, b, c
     drain(llm)
@@ -109,7 +109,7 @@ def test_budget_bounds_admissions_and_chunks(llm) -> None:
     pol = Recorder(budget=80)
     s.attach(pol)
     for rid, rank in (("a", 3), ("b", 1), ("c", 2)):
-        add(llm, rid, 40, max_tokens=8, rank=rank)
+        add(llm, rid, 40, max_tokens=8, x_rank=rank)
     llm.step()
     out = s.last_output
     assert s.max_num_scheduled_tokens == 80
@@ -320,7 +320,7 @@ def test_unusable_hints_are_dropped_and_counted_not_raised(llm) -> None:
     pol = Recorder()
     s.attach(pol)
     before = getattr(s, "hints_ignored", 0)  # (the old code raised at the first add below)
-    add(llm, "bad", 20, tool_durations="abc", aug_type="qa", rank=1)
+    add(llm, "bad", 20, tool_durations="abc", aug_type="qa", x_rank=1)
     add(llm, "neg", 20, tool_durations=[-5.0], return_lengths=[3])
     add(llm, "ok", 20, aug_type="math", tool_durations=[0.5], return_lengths=[2])
     drain(llm)
@@ -359,8 +359,8 @@ def test_preempted_request_is_reported_to_the_policy(llm) -> None:
     pol = Recorder()
     s.attach(pol)
     # two requests that together outgrow the cache while decoding: vLLM preempts the later one
-    add(llm, "p1", 300, max_tokens=200, rank=0)
-    add(llm, "p2", 300, max_tokens=200, rank=1)
+    add(llm, "p1", 300, max_tokens=200, x_rank=0)
+    add(llm, "p2", 300, max_tokens=200, x_rank=1)
     while llm.has_unfinished_requests():
         llm.step()
     assert any(v["preempted"] for v in pol.views)

@@ -156,18 +156,18 @@ def test_admission_follows_the_hinted_order(server) -> None:
     hints = {"q-long": 300, "q-mid": 40, "q-short": 5}
     with ThreadPoolExecutor(4) as ex:
         first = ex.submit(post, port, completion(list(range(100, 140)), HOG_TOKENS,
-                                                 predicted_output_tokens=HOG_TOKENS, tag="hog"))
+                                                 predicted_output_tokens=HOG_TOKENS, x_tag="hog"))
         time.sleep(0.2)
         futs = []
         for tag, pred in hints.items():
             futs.append(ex.submit(post, port, completion(list(range(200, 240)), 8,
-                                                         predicted_output_tokens=pred, tag=tag)))
+                                                         predicted_output_tokens=pred, x_tag=tag)))
             time.sleep(0.05)
         assert len(first.result()["choices"][0]["token_ids"]) == HOG_TOKENS
         for f in futs:
             assert len(f.result()["choices"][0]["token_ids"]) == 8
-    enq = {e["metadata"].get("tag"): e["t"] for e in events(trace, "enqueue")}
-    tags = {e["request_id"]: e["metadata"].get("tag") for e in events(trace, "enqueue")}
+    enq = {e["metadata"].get("x_tag"): e["t"] for e in events(trace, "enqueue")}
+    tags = {e["request_id"]: e["metadata"].get("x_tag") for e in events(trace, "enqueue")}
     admits = events(trace, "admit")[n_admits:]
     order = [tags.get(e["request_id"]) for e in admits]
     assert order[0] == "hog"
@@ -255,9 +255,9 @@ def _metric(port: int, name: str) -> float:
 def _probe(server: Server, i: int) -> dict:
     """Admit one fresh 64-token request on the idle server; its admission as traced."""
     tag = f"probe-{i}"
-    post(server.port, completion(list(range(1000 + 100 * i, 1064 + 100 * i)), 2, tag=tag))
+    post(server.port, completion(list(range(1000 + 100 * i, 1064 + 100 * i)), 2, x_tag=tag))
     rid = next(e["request_id"] for e in events(server.trace, "enqueue")
-               if e["metadata"].get("tag") == tag)
+               if e["metadata"].get("x_tag") == tag)
     return next(e for e in events(server.trace, "admit") if e["request_id"] == rid)
 
 

@@ -45,6 +45,7 @@ def test_real_mixture_counts() -> None:
         if r.metadata["trailing_call"]:
             assert r.segments[-1].gen_tokens == 1 and r.segments[-2].call is not None
         assert r.rid == r.metadata["key"]
+        assert r.prefix == ((f"infercept:{r.rid}", r.prompt_tokens),)  # drawn again: a hit
         assert all(s.call.kind == r.aug_type for s in r.segments[:-1])
     # four VE segments return -2 tokens in the file: a call returning 0 tokens
     assert sum(r.metadata.get("negative_returns", 0) for r in rs) == 4

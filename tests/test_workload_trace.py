@@ -18,7 +18,8 @@ def _reqs() -> list[AugRequest]:
                    "math", "what is 2+2?", MappingProxyType({"key": "abc", "n": [1, 2]})),
         AugRequest("a", 0.1 + 0.2, 5, (Segment(1),)),
         AugRequest("c", 1.0, 2000, (Segment(3, ToolCall("qa", 0.7123456789, 0)),
-                                    Segment(4, ToolCall("qa", 0.0, 5)), Segment(1)), "qa"),
+                                    Segment(4, ToolCall("qa", 0.0, 5)), Segment(1)), "qa",
+                   prefix=(("schema:s", 300), ("row:c", 2000))),
     ]
 
 
@@ -64,6 +65,11 @@ CASES = [
     (json.dumps(_line(rid=7)), "rid"),
     (json.dumps(_line(extra=1)), "extra"),
     (json.dumps(_line(metadata=[1])), "metadata"),
+    (json.dumps(_line(prefix={"k": 4})), "prefix"),
+    (json.dumps(_line(prefix=[["k", 11]])), "prefix"),  # longer than the prompt
+    (json.dumps(_line(prefix=[["k", 6], ["j", 6]])), "prefix"),  # levels must grow
+    (json.dumps(_line(prefix=[["", 4]])), "prefix"),
+    (json.dumps(_line(prefix=[["k"]])), "prefix"),
     (json.dumps(_line(segments=[])), "segments"),
     (json.dumps(_line(segments=_seg(duration_s=-0.1))), "segments[0].call.duration_s"),
     (json.dumps(_line(segments=_seg(return_tokens=-1))), "segments[0].call.return_tokens"),

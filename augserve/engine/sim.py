@@ -73,6 +73,7 @@ from augserve.engine.kv import BlockPool
 from augserve.engine.player import ScriptPlayer, new_record
 from augserve.engine.tool_kv import ToolKV
 from augserve.engine.trace import DecisionTrace
+from augserve.prefix import block_keys
 from augserve.request import AugRequest, ToolCall
 from augserve.sched.base import Policy
 
@@ -99,7 +100,7 @@ class _Req:
         "submit_s", "wait_since_s", "preempted", "mode", "tool_durations", "return_lengths",
         "current_tool", "chunks", "in_decode", "dec_step0", "dec_computed0", "dec_gen0", "epoch",
         "prev_computed", "recomp_left", "swap_out_left", "swap_in_left", "view", "seq", "gen",
-        "run",
+        "run", "keys", "shared",
     )
 
     def __init__(self, req: AugRequest, seq: int, oracle: bool, run: SimRun) -> None:
@@ -113,7 +114,9 @@ class _Req:
         self.seg_gen = 0  # tokens generated in the current segment (materialized part)
         self.ctx = req.prompt_tokens  # tokens the model knows (prompt + generated + returned)
         self.computed = 0  # tokens whose KV exists (GPU or CPU)
-        self.blocks = 0  # GPU blocks held
+        self.blocks = 0  # GPU blocks in its block table (its first ``shared`` are shared)
+        self.keys = block_keys(req.prefix, run.bs)  # content keys of its shared prompt blocks
+        self.shared = 0  # leading blocks that are references to shared blocks (engine.kv)
         self.cpu_blocks = 0
         self.submit_s = req.arrival_s
         self.wait_since_s = req.arrival_s
@@ -340,6 +343,13 @@ class SimRun:
         if self.cfg.audit:
             self.audit()
 
+    def share(self, r: _Req, upto: int) -> None:
+        """Name ``r``'s shared-prefix blocks filled by its first ``upto`` scheduled tokens in
+        the pool (V1 caches a block once full), while they follow its shared ones unbroken."""
+        k = min(len(r.keys), upto // self.bs)
+        while r.shared < k and r.shared < r.blocks and self.pool.share(r.keys[r.shared]):
+            r.shared += 1
+
     def _step(self) -> None:
         pool = self.pool
         dec = self.dec
@@ -372,7 +382,8 @@ class SimRun:
                 if r.swap_in_left:
                     continue
                 c = min(r.ctx - r.computed, room)
-                add = self.nblocks(r.computed + c) - r.blocks
+                # (it may hold the blocks of a bigger chunk: a swap-in sized at admission)
+                add = max(0, self.nblocks(r.computed + c) - r.blocks)
                 while add > pool.free and r.state is State.RUNNING:
                     self.preempt(next(reversed(self.running)))
                     preempted = True
@@ -380,6 +391,7 @@ class SimRun:
                     continue
                 pool.allocate(add)
                 r.blocks += add
+                self.share(r, r.computed + c)
                 sched.append((r, c))
                 room -= c
             # 3. admissions
@@ -458,12 +470,13 @@ class SimRun:
         while self.held and room > 0 and len(self.running) < cfg.max_num_seqs:
             r = next(iter(self.held))
             c = min(r.ctx - r.computed, room)
-            add = self.nblocks(r.computed + c) - r.blocks
+            add = max(0, self.nblocks(r.computed + c) - r.blocks)
             if add > pool.free:
                 return room  # head-of-line, as in the waiting queue
             del self.held[r]
             pool.allocate(add)
             r.blocks += add
+            self.share(r, r.computed + c)
             self.run_on(r)
             sched.append((r, c))
             room -= c
@@ -482,10 +495,10 @@ class SimRun:
             plan = plan_admission(r, room, pool, bs)
             if not fits(plan, pool):
                 break  # head-of-line: vLLM stops admitting at the first request that does not fit
-            hit, c, add = plan
+            hit, _, c, add = plan
             self.waiting_prefill -= r.ctx - r.computed  # before a prefix hit changes computed
             if hit:
-                pool.touch(r.req.rid, hit)
+                r.shared = pool.take(r.keys, r.req.rid, hit)
                 r.blocks += hit
                 r.computed = hit * bs
                 r.rec.prefix_hit_tokens += r.computed
@@ -493,6 +506,8 @@ class SimRun:
             r.recomp_left = max(0, r.prev_computed - r.computed)
             pool.allocate(add)
             r.blocks += add
+            if not r.cpu_blocks:  # (a swapped request's blocks come back as its own)
+                self.share(r, r.computed + c)
             del self.waiting[r]
             r.preempted = False
             self.run_on(r)
@@ -516,9 +531,8 @@ class SimRun:
             # the GPU blocks hold an incomplete context, so nothing of it is cached; recompute
             # covers it all
             full = 0
-        self.pool.release(v.req.rid, v.blocks, full)
+        self.kv.release(v, full)
         v.prev_computed = max(v.prev_computed, v.computed)
-        v.blocks = 0
         v.computed = 0
         v.recomp_left = 0
         v.preempted = True
@@ -562,8 +576,7 @@ class SimRun:
         call = self.player.end_segment(r, t)
         if call is None:  # the last segment: the request is done
             r.state = State.FINISHED
-            self.pool.release(r.req.rid, r.blocks, r.computed // self.bs)
-            r.blocks = 0
+            self.kv.release(r, r.computed // self.bs)
             self.policy.on_leave(r.view)
             return
         r.state = State.PAUSED
@@ -631,7 +644,10 @@ class SimRun:
                 raise AssertionError(f"{r.req.rid}: negative blocks {b}/{r.cpu_blocks}")
             if r.state is State.FINISHED and (b or r.cpu_blocks):
                 raise AssertionError(f"{r.req.rid}: finished but holds {b} blocks")
-            held += b
+            if not 0 <= r.shared <= min(b, len(r.keys)):
+                raise AssertionError(f"{r.req.rid}: {r.shared} shared of {b} blocks")
+            held += b - r.shared
+        held += pool.shared_in_use
         pool.check()
         if held + pool.free != pool.total:
             raise AssertionError(f"held {held} + free {pool.free} != total {pool.total}")

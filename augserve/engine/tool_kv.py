@@ -75,10 +75,15 @@ class ToolKV:
         else:  # vllm, discard: the KV goes back to the pool (the prefix cache may keep it)
             self._free(r)
 
-    def _free(self, r: Any) -> None:
-        self.pool.release(r.req.rid, r.blocks, r.computed // self.bs)
-        r.prev_computed = max(r.prev_computed, r.computed)
+    def release(self, r: Any, full: int) -> None:
+        """Give back all of ``r``'s GPU blocks; its first ``full`` stay cached (engine.kv)."""
+        self.pool.release(r.req.rid, r.keys, r.blocks, r.shared, full)
         r.blocks = 0
+        r.shared = 0
+
+    def _free(self, r: Any) -> None:
+        self.release(r, r.computed // self.bs)
+        r.prev_computed = max(r.prev_computed, r.computed)
         r.computed = 0
 
     def next_expiry_s(self) -> float | None:
@@ -166,10 +171,15 @@ class ToolKV:
                 break
             x = min(budget, r.swap_out_left)
             r.swap_out_left -= x
+            own = min(x, r.blocks - r.shared)  # from the tail: its own blocks go first
+            self.pool.free_own(own)
+            if x > own:  # then its references to shared blocks, last first
+                self.pool.unref([r.keys[i] for i in range(r.shared - 1, r.shared - 1 - (x - own),
+                                                          -1)])
+                r.shared -= x - own
             r.blocks -= x
             r.cpu_blocks += x
             self.paused_blocks -= x
-            self.pool.release(r.req.rid, x, 0)
             budget -= x
             moved += x
             self.stats["swap_out_blocks"] += x

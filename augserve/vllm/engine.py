@@ -3,7 +3,9 @@ iteration at a time under an augserve policy, behind the :class:`~augserve.engin
 protocol, with the same :class:`~augserve.records.RequestRecord` output as the simulator.
 
 The model is a Llama-shaped HF config with ``load_format="dummy"`` (random weights, no download)
-and token-id prompts (no tokenizer). The engine plays the request scripts and the tools:
+and token-id prompts (no tokenizer): a prompt's shared prefix has the ids its content keys give
+(:func:`augserve.prefix.prefix_token_ids`), so requests share prefixes as in the simulator, and
+the rest is drawn per request. The engine plays the request scripts and the tools:
 
 * a segment is one vLLM request with ``max_tokens`` = the segment's tokens (``ignore_eos``,
   temperature 0);
@@ -49,6 +51,7 @@ from augserve.contract import EngineInfo, EngineState, KVMode, kv_decision
 from augserve.engine.base import Engine, RunResult, validated
 from augserve.engine.player import ScriptPlayer, new_record
 from augserve.engine.trace import DecisionTrace
+from augserve.prefix import prefix_token_ids
 from augserve.request import AugRequest, ToolCall
 from augserve.sched.base import Policy
 from augserve.vllm import init_cpu_features, require_vllm
@@ -81,8 +84,11 @@ class _Live(VRuntime):
         self.seq = seq
         self.run = run
         self.rec = new_record(req)
+        # the shared prefix from its content keys (as the simulator shares it), the rest its own
+        shared = prefix_token_ids(req.prefix, run.vocab)
         rng = np.random.default_rng([run.seed, seq])
-        self.prompt_ids: list[int] = rng.integers(3, run.vocab, req.prompt_tokens).tolist()
+        self.prompt_ids: list[int] = shared + rng.integers(
+            3, run.vocab, req.prompt_tokens - len(shared)).tolist()
         self.out_ids: list[int] = []  # context after the prompt: generated + returned ids
         self.prev_computed = 0
         self.seg_seen = 0  # tokens seen of the current segment

@@ -23,8 +23,14 @@ def scale_request(r: AugRequest, length_scale: float, tool_scale: float) -> AugR
             s.call.kind, s.call.duration_s * tool_scale, n(s.call.return_tokens, 0)))
         for s in r.segments
     )
-    return AugRequest(r.rid, r.arrival_s, n(r.prompt_tokens, 1), segs, r.aug_type,
-                      r.prompt_text, r.metadata, r.session_id)
+    prompt = n(r.prompt_tokens, 1)
+    prefix: list[tuple[str, int]] = []
+    for key, t in r.prefix:  # scaled levels that stay distinct and within the prompt
+        t = min(n(t, 1), prompt)
+        if not prefix or t > prefix[-1][1]:
+            prefix.append((key, t))
+    return AugRequest(r.rid, r.arrival_s, prompt, segs, r.aug_type,
+                      r.prompt_text, r.metadata, r.session_id, tuple(prefix))
 
 
 class ScaledWorkload(Workload):

@@ -17,6 +17,7 @@ from augserve.workload.arrivals import AzureReplay, Gamma, Poisson
 from augserve.workload.augmix import AugMixSource
 from augserve.workload.base import ArrivalProcess, ScriptSource, Workload
 from augserve.workload.errors import WorkloadError
+from augserve.workload.holdout import load_holdout
 from augserve.workload.infercept_json import InferceptSource, load_infercept_json
 from augserve.workload.sampled import SampledWorkload
 from augserve.workload.trace_jsonl import TraceWorkload, read_trace, write_trace
@@ -84,10 +85,13 @@ def make_infercept_json(
     max_model_len: int | None = None,
     max_requests: int | None = None,
     labels: str = "source",
+    holdout: str | Path | None = None,
 ) -> SampledWorkload:
-    """Scripts drawn with replacement from an InferCept/LAMPS JSON file, as InferCept does."""
+    """Scripts drawn with replacement from an InferCept/LAMPS JSON file, as InferCept does;
+    with ``holdout`` (a predictor artifact directory) only those its split held out."""
+    held = load_holdout(holdout) if holdout is not None else None
     return SampledWorkload(
-        InferceptSource(path, labels=labels),
+        InferceptSource(path, labels=labels, holdout=held),
         make_arrivals(arrivals, rate, burstiness, azure_path),
         duration_s, max_model_len=max_model_len, max_requests=max_requests,
     )

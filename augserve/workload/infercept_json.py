@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -42,6 +43,7 @@ import numpy as np
 from augserve.request import AugRequest, Segment, ToolCall
 from augserve.workload.base import ScriptSource
 from augserve.workload.errors import WorkloadError
+from augserve.workload.holdout import usable
 from augserve.workload.tokens import count_tokens
 
 #: api_time (s) separating Math (calculator, ~1e-4 s) from QA (Wikipedia, ~0.7 s) for 32-hex keys.
@@ -225,7 +227,8 @@ class _Parser:
             meta["merged_segments"] = merged
         return AugRequest(rid=key, arrival_s=0.0, prompt_tokens=prompt, segments=tuple(segs),
                           aug_type=aug_type, prompt_text=prompt_text,
-                          metadata=MappingProxyType(meta))
+                          metadata=MappingProxyType(meta),
+                          prefix=((f"infercept:{key}", prompt),))
 
 
 def load_infercept_json(path: str | Path, labels: str = "source") -> list[AugRequest]:
@@ -244,12 +247,18 @@ class InferceptSource(ScriptSource):
     """Request scripts drawn uniformly with replacement from an InferCept JSON file.
 
     InferCept's harness samples request ids with replacement (``random.choices``); here the draw
-    uses the workload's numpy generator so that a seed fixes the sequence.
+    uses the workload's numpy generator so that a seed fixes the sequence. ``holdout`` (held-out
+    row ids per dataset, :mod:`augserve.workload.holdout`) keeps the scripts a predictor
+    artifact was not fit on.
     """
 
-    def __init__(self, path: str | Path, labels: str = "source") -> None:
+    def __init__(self, path: str | Path, labels: str = "source",
+                 holdout: Mapping[str, frozenset[str]] | None = None) -> None:
         self.path = Path(path)
-        self.pool: list[AugRequest] = load_infercept_json(self.path, labels)
+        pool = load_infercept_json(self.path, labels)
+        self.pool: list[AugRequest] = [r for r in pool if usable("infercept_mix", r.rid, holdout)]
+        if not self.pool:
+            raise ValueError(f"{self.path}: no script is held out by the predictor's split")
 
     def draw(self, rng: np.random.Generator, n: int) -> list[AugRequest]:
         idx = rng.integers(0, len(self.pool), size=n)

@@ -16,8 +16,9 @@ class SampledWorkload(Workload):
 
     For a seed: ``rng = np.random.default_rng(seed)``; arrival times first, then one script per
     arrival (so the arrival sequence of a seed does not depend on the source). Request ids are
-    ``f"{i}-{script rid}"`` (``f"{i}"`` when the script has none), ``i`` the arrival index; the
-    script's own id is kept in ``metadata["script_rid"]``. ``max_requests`` keeps the first
+    opaque, ``f"{i}"`` with ``i`` the arrival index (a policy sees the id: it must not name the
+    script); the script's own id is kept in ``metadata["script_rid"]``, which views do not
+    expose (:data:`augserve.contract.VIEW_METADATA`). ``max_requests`` keeps the first
     arrivals only. With ``max_model_len`` every script is cut with
     :meth:`AugRequest.fit_context`; a prompt that does not fit raises :class:`WorkloadError`.
     """
@@ -50,11 +51,11 @@ class SampledWorkload(Workload):
         scripts = self.source.draw(rng, len(times))
         out: list[AugRequest] = []
         for i, (t, s) in enumerate(zip(times, scripts, strict=True)):
-            rid = f"{i}-{s.rid}" if s.rid else f"{i}"
+            rid = f"{i}"
             meta = dict(s.metadata)
             meta["script_rid"] = s.rid
             r = AugRequest(rid, float(t), s.prompt_tokens, s.segments, s.aug_type, s.prompt_text,
-                           MappingProxyType(meta))
+                           MappingProxyType(meta), prefix=s.prefix)
             if self.max_model_len is not None:
                 try:
                     r = r.fit_context(self.max_model_len)

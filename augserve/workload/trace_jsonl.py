@@ -21,12 +21,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from augserve.prefix import check_prefix
 from augserve.request import AugRequest, Segment, ToolCall
 from augserve.workload.base import Workload
 from augserve.workload.errors import WorkloadError
 
 _TOP = {"rid", "arrival_s", "prompt_tokens", "prompt_text", "aug_type", "metadata", "session_id",
-        "segments"}
+        "prefix", "segments"}
 _REQUIRED = ("rid", "arrival_s", "prompt_tokens", "segments")
 
 
@@ -50,6 +51,8 @@ def request_to_dict(r: AugRequest) -> dict[str, Any]:
         d["metadata"] = _plain(r.metadata)
     if r.session_id is not None:
         d["session_id"] = r.session_id
+    if r.prefix:
+        d["prefix"] = [[k, n] for k, n in r.prefix]
     d["segments"] = [
         {"gen_tokens": s.gen_tokens,
          "call": None if s.call is None else {"kind": s.call.kind,
@@ -127,6 +130,13 @@ def _parse_line(
     session = d.get("session_id")
     if session is not None:
         lp.str_(session, "session_id")
+    prefix = d.get("prefix", [])
+    if not isinstance(prefix, list):
+        raise lp.fail("prefix", f"must be a list of [key, tokens], got {type(prefix).__name__}")
+    try:
+        prefix = check_prefix(prefix, prompt)
+    except (ValueError, TypeError) as e:
+        raise lp.fail("prefix", str(e)) from None
     raw = d["segments"]
     if not isinstance(raw, list) or not raw:
         raise lp.fail("segments", "must be a non-empty list")
@@ -167,7 +177,7 @@ def _parse_line(
         segs.append(Segment(gen, ToolCall(kind, dur, ret)))
     return AugRequest(rid=lp.rid, arrival_s=arrival, prompt_tokens=prompt, segments=tuple(segs),
                       aug_type=aug_type, prompt_text=prompt_text,
-                      metadata=MappingProxyType(meta), session_id=session)
+                      metadata=MappingProxyType(meta), session_id=session, prefix=prefix)
 
 
 def read_trace(
