@@ -96,7 +96,9 @@ class EngineState(NamedTuple):
 
     now_s: float
     free_blocks: int
-    paused_blocks: int  # blocks held by requests paused in a tool call (reclaimable)
+    #: blocks of their own held by requests paused in a tool call (reclaimable; shared prefix
+    #: blocks they reference are not counted)
+    paused_blocks: int
     num_running: int
     num_waiting: int
     num_paused: int

@@ -11,7 +11,8 @@ Rules (units: tokens, seconds):
 * ``prompt_tokens = row.prompt_tokens + row.tools_schema_tokens``: the offered tools' schemas are
   sent with the prompt, so the engine prefills them too (``metadata["prompt_text_tokens"]`` keeps
   the text's own count). They come first, so rows offering the same tools share that prefix:
-  ``prefix`` is ``("schema:<dataset>:<tools key>", schema tokens)`` then
+  ``prefix`` is ``("schema:<dataset>:<tool names key>:<schema tokens>", schema tokens)`` (the
+  rows keep no schema text, so same names and length stand for the same schemas) then
   ``("row:<dataset>:<row id>", prompt tokens)`` (:mod:`augserve.prefix`).
 * The call structure (names, order, count) is the row's. Call ``k``'s ``ToolCall.kind`` is the
   tool name.
@@ -240,7 +241,9 @@ def rows_to_requests(
         prompt = r.prompt_tokens + r.tools_schema_tokens
         prefix: list[tuple[str, int]] = []
         if r.tools_schema_tokens:
-            prefix.append((f"schema:{r.source}:{_names_key(r.tools)}", r.tools_schema_tokens))
+            # the rows hold no schema text: its tools' names and token count stand for it
+            prefix.append((f"schema:{r.source}:{_names_key(r.tools)}:{r.tools_schema_tokens}",
+                           r.tools_schema_tokens))
         if prompt > r.tools_schema_tokens:
             prefix.append((f"row:{r.source}:{r.rid}", prompt))
         out.append(AugRequest(

@@ -3,17 +3,19 @@ segments, slower tools, longer returns) and every decision made before the chang
 stays the same.
 
 For each policy (conf/policy/*.yaml but the oracle, built as serve.py builds it) a base run and
-runs that each lengthen the future of one request, in two ways:
+runs that each lengthen the future of one request, in four ways:
 
-* ``all``: every segment, every tool duration and every return of the request; nothing of it
-  shows before its first segment ends (its generated tokens keep counting), so the decision
-  trace must be the same for every step that ends before that time in the base run;
-* ``after_first_call``: segment 1 on, and the tools from call 1 on; the same holds until its
-  second segment ends.
+* everything (segments, tool durations, returns): nothing shows before its first segment ends
+  (its generated tokens keep counting), so the decision trace must be the same for every step
+  that ends before that time in the base run;
+* everything from segment 1 on: the same until its second segment ends;
+* call 0 alone, or call 1 alone (duration and returned tokens): the same until that call
+  returns, which covers the KV decision taken when the call is made.
 
 Lengthening only (never shortening) keeps the first visible difference at the base run's time.
 The decision trace (:mod:`augserve.engine.trace`) holds each step's budget, admissions,
-preemptions and KV modes; a small KV cache makes the policies preempt and pick KV modes.
+preemptions and KV modes; a small KV cache makes the policies preempt and pick KV modes. The
+check itself is checked: the oracle and an InferCept that reads the true tool time must fail.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from augserve.contract import EngineState, KVMode, RequestView
 from augserve.engine.factory import make_sim_engine
 from augserve.engine.trace import read_trace
 from augserve.request import AugRequest, Segment, ToolCall
+from augserve.sched.infercept import InferCeptPolicy
+from augserve.sched.minwaste import min_waste
 from augserve.workload import make_augmix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +60,15 @@ def _longer(r: AugRequest, first: int) -> AugRequest:
     return dataclasses.replace(r, segments=tuple(segs))
 
 
+def _slower_tool(r: AugRequest, k: int) -> AugRequest:
+    """``r`` with call ``k`` twice as long (+0.5 s) returning 30 tokens more (nothing else)."""
+    segs = list(r.segments)
+    c = segs[k].call
+    segs[k] = Segment(segs[k].gen_tokens, ToolCall(c.kind, 2 * c.duration_s + 0.5,
+                                                   c.return_tokens + 30))
+    return dataclasses.replace(r, segments=tuple(segs))
+
+
 def _segment_end_s(rec, k: int) -> float:
     """When segment ``k`` of a record produced its last token (s)."""
     idx = rec.seg_start_idx
@@ -62,10 +76,37 @@ def _segment_end_s(rec, k: int) -> float:
     return float(rec.token_s[last])
 
 
-def _run(name: str, reqs: list[AugRequest], trace: Path):
+def _violations(make_policy, requests: list[AugRequest], tmp: Path) -> list[str]:
+    """Probes whose decisions changed before the change they made could be seen."""
+    base, base_trace = _run(make_policy, requests, tmp / "base.jsonl")
+    recs = {r.rid: r for r in base.records}
+    multi = [r for r in requests if r.num_calls >= 2 and recs[r.rid].finished]
+    out: list[str] = []
+    checked = 0
+    for r in (multi[i * (len(multi) - 1) // 2] for i in range(3)):  # spread over the window
+        rec = recs[r.rid]
+        probes = [  # (what changes, the changed request, when the base run shows it first)
+            ("everything", _longer(r, 0), _segment_end_s(rec, 0)),
+            ("from segment 1", _longer(r, 1), _segment_end_s(rec, 1)),
+            ("call 0", _slower_tool(r, 0), rec.tool_return_s[0]),
+            ("call 1", _slower_tool(r, 1), rec.tool_return_s[1]),
+        ]
+        for what, changed_r, t_seen in probes:
+            changed = [changed_r if q.rid == r.rid else q for q in requests]
+            _, trace = _run(make_policy, changed, tmp / "probe.jsonl")
+            before = [x for x in base_trace if x["t"] < round(t_seen, 6)]  # (as it rounds)
+            assert before and trace != base_trace, "a probe that tests nothing"
+            if trace[:len(before)] != before:
+                out.append(f"request {r.rid}, {what}: a decision before {t_seen:.3f} s changed")
+            checked += len(before)
+    assert checked > 100
+    return out
+
+
+def _run(make_policy, reqs: list[AugRequest], trace: Path):
     eng = make_sim_engine(profile="llama3_8b_a100", num_gpu_blocks=1500, max_num_seqs=64,
                           decision_trace=str(trace))
-    return eng.run(reqs, _policy(name)), read_trace(trace)
+    return eng.run(reqs, make_policy()), read_trace(trace)
 
 
 @pytest.fixture(scope="module")
@@ -79,22 +120,24 @@ def requests() -> list[AugRequest]:
 def test_decisions_do_not_depend_on_the_future(name: str, requests, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # the policy configs name data/ paths relative to the repo
-    base, base_trace = _run(name, requests, tmp_path / "base.jsonl")
-    recs = {r.rid: r for r in base.records}
-    multi = [r for r in requests if r.num_calls >= 2 and recs[r.rid].finished]
-    # requests spread over the window, each with something to hide
-    picks = [multi[i * (len(multi) - 1) // 3] for i in range(4)]
-    checked = 0
-    for r in picks:
-        for first, seg in ((0, 0), (1, 1)):
-            t_seen = _segment_end_s(recs[r.rid], seg)
-            changed = [_longer(q, first) if q.rid == r.rid else q for q in requests]
-            _, trace = _run(name, changed, tmp_path / f"{r.rid}_{first}.jsonl")
-            before = [x for x in base_trace if x["t"] < round(t_seen, 6)]  # (as the trace rounds)
-            assert before, f"{name}: no decision before {t_seen} s"
-            assert trace[:len(before)] == before, (
-                f"{name}: a decision before {t_seen:.3f} s changed when request {r.rid}'s "
-                f"future (from segment {first}) changed")
-            assert trace != base_trace, "the perturbation changed nothing (test too weak)"
-            checked += len(before)
-    assert checked > 100
+    assert _violations(lambda: _policy(name), requests, tmp_path) == []
+
+
+class _PeeksAtTheTool(InferCeptPolicy):
+    """InferCept's min-waste KV choice fed the call's true duration (a leak to be caught)."""
+
+    oracle = True
+
+    def on_intercept(self, view: RequestView, state: EngineState) -> KVMode:
+        call = view.script.segments[view.calls_done - 1].call  # the call just made
+        w = min_waste(view.context_tokens, call.duration_s, state)
+        waste = {KVMode.PRESERVE: w.preserve, KVMode.DISCARD: w.discard, KVMode.SWAP: w.swap}
+        return min(self.modes, key=lambda m: (waste[m], self.modes.index(m)))
+
+
+@pytest.mark.parametrize("name", ["oracle", "peeks_at_the_tool"])
+def test_the_check_catches_a_policy_that_reads_the_script(name: str, requests, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    make = (lambda: _policy("oracle")) if name == "oracle" else _PeeksAtTheTool
+    assert _violations(make, requests, tmp_path)

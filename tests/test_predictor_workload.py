@@ -75,10 +75,12 @@ def test_prompt_prefix_keys_schema_then_row() -> None:
     # the schemas of the offered tools come first: rows offering the same tools share them;
     # the whole prompt is keyed by the row (a row drawn twice has the same prompt)
     rows = [_row("a", "r1", ["search"], [3, 4], [2]), _row("a", "r2", ["search"], [3, 4], [2]),
-            _row("a", "r3", ["math.add"], [3, 4], [2]), _row("b", "r4", [], [5], [], sch=0)]
-    r1, r2, r3, r4 = rows_to_requests(rows, ToolTimeModel(), np.random.default_rng(0))
+            _row("a", "r3", ["math.add"], [3, 4], [2]), _row("b", "r4", [], [5], [], sch=0),
+            _row("a", "r5", ["search"], [3, 4], [2], sch=9)]  # same names, other schemas
+    r1, r2, r3, r4, r5 = rows_to_requests(rows, ToolTimeModel(), np.random.default_rng(0))
     assert r1.prefix[0][1] == 7 and r1.prefix[1] == ("row:a:r1", 12)
     assert r1.prefix[0] == r2.prefix[0] != r3.prefix[0]
+    assert r5.prefix[0][0] != r1.prefix[0][0]
     assert r1.prefix[1] != r2.prefix[1]
     assert r4.prefix == (("row:b:r4", 5),)
 

@@ -6,7 +6,7 @@ blocks first, then its full blocks from last to first), so whatever was freed lo
 reused first and a request's tail blocks are evicted before its prefix. Freed full blocks keep
 their content (the prefix cache) until they are reused.
 
-The simulator has no token ids, so content is named by keys (:mod:`augserve.engine.prefix`):
+The simulator has no token ids, so content is named by keys (:mod:`augserve.prefix`):
 
 * **shared blocks**, the full blocks of a request's shared prompt prefix (a dataset row's
   prompt, a tool-schema preamble), are named one by one, ``(level key, block index)``. As in V1
@@ -53,6 +53,10 @@ class BlockPool:
     def shared_in_use(self) -> int:
         """Shared blocks held by running or paused requests (each counted once)."""
         return len(self._ref)
+
+    def refs(self) -> dict[Hashable, int]:
+        """Shared blocks in use and how many requests hold each (the engine's audit)."""
+        return dict(self._ref)
 
     def cached(self, owner: str) -> int:
         """Length of ``owner``'s own cached run (blocks right after its shared prefix)."""

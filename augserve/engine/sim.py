@@ -28,10 +28,11 @@ Tool interception (the KV mode comes from ``policy.on_intercept``):
   bandwidth and the last step's duration), freeing GPU blocks as they go; on return the request
   is re-admitted, its blocks are copied back within the same per-step budget, then it prefills
   the returned tokens. Copies overlap the forward pass (InferCept's pipelined, budgeted swap,
-  Abhyankar et al., ICML 2024), but a step lasts at least as long as the copies it carries
-  at ``pcie_bytes_per_s`` (the profile's cited figure), and a step of copies alone lasts that
-  long (at least the cheapest step): a swap-in on a request's critical path costs its PCIe
-  time (``swap_stall_s`` in the stats sums what copies added beyond compute).
+  Abhyankar et al., ICML 2024): each direction moves, per step, what ``pcie_bytes_per_s`` (the
+  profile's cited figure) carries in that step's compute time, so a swapped request waits for
+  its blocks at the PCIe rate; a step of copies alone lasts as long as its copies (at least
+  the cheapest step). ``swap_stall_s`` in the stats sums what copies added beyond compute.
+  Only a request's own blocks are swapped: its references to shared prefix blocks stay.
 
 Speed: decoding requests are tracked lazily (a request's tokens are derived from the global step
 counter, not updated one by one), so a step costs O(events), not O(batch). When a stretch of
@@ -51,6 +52,7 @@ Units: seconds, tokens, blocks.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -398,13 +400,6 @@ class SimRun:
             if not preempted and room > 0:
                 self.admit(room, sched)
         self.dec_allocated = False
-        # swap transfers (each direction has its own per-step budget: PCIe is full duplex)
-        swapping = kv.transfers_pending()
-        copy_s = 0.0  # PCIe is full duplex: the slower direction bounds the step
-        if kv.swapping_in:
-            copy_s = kv.copy_s(kv.swap_in(kv.budget(self.last_dt)))
-        if kv.swapping_out:
-            copy_s = max(copy_s, kv.copy_s(kv.swap_out(kv.budget(self.last_dt))))
         # 4. time
         sched = [(r, c) for r, c in sched if r.state is State.RUNNING]
         pf_tokens = 0
@@ -420,6 +415,18 @@ class SimRun:
                 rc_tokens += x
         dec_ctx = dec.ctx
         n_tokens = dec.n + pf_tokens
+        dt = self.eng.cost.step_time(n_tokens, dec_ctx, pf_attn) if n_tokens else self.last_dt
+        # swap copies overlap the forward pass (InferCept's budgeted swap): each direction (PCIe
+        # is full duplex) moves what fits in this step's compute time, or in the last step's
+        # when only copies run; a request waits for its own blocks to come back
+        swapping = kv.transfers_pending()
+        copy_s = 0.0
+        if swapping:
+            budget = kv.budget(dt)
+            if kv.swapping_in:
+                copy_s = kv.copy_s(kv.swap_in(budget))
+            if kv.swapping_out:
+                copy_s = max(copy_s, kv.copy_s(kv.swap_out(budget)))
         if n_tokens == 0:
             # only swap traffic or nothing schedulable: wait for the next event
             nxt = self.next_event_time()
@@ -432,8 +439,7 @@ class SimRun:
             else:
                 raise RuntimeError("deadlock: nothing can run and no event is pending")
             return
-        dt = self.eng.cost.step_time(n_tokens, dec_ctx, pf_attn)
-        if copy_s > dt:  # copies overlap the forward pass but the step ends when they do
+        if copy_s > dt:  # (a single block slower than the step) the step ends with its copies
             self.stats["swap_stall_s"] += copy_s - dt
             dt = copy_s
         self.stats["recompute_s"] += dt * rc_tokens / n_tokens
@@ -649,6 +655,9 @@ class SimRun:
             held += b - r.shared
         held += pool.shared_in_use
         pool.check()
+        refs = Counter(k for r in self.reqs for k in r.keys[:r.shared])
+        if refs != pool.refs():
+            raise AssertionError("shared block references do not match what requests hold")
         if held + pool.free != pool.total:
             raise AssertionError(f"held {held} + free {pool.free} != total {pool.total}")
         swapped = sum(r.cpu_blocks + r.swap_out_left for r in self.reqs)

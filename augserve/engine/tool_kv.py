@@ -1,9 +1,10 @@
 """The simulator's KV during tool calls: the KV-mode state machine and the swap traffic.
 
 At a tool call (:meth:`ToolKV.park`) the policy's :class:`~augserve.contract.KVMode` decides:
-``preserve`` keeps the blocks (counted as paused, reclaimable); ``swap`` copies them to CPU at
-up to a per-step block budget (from the PCIe bandwidth and the last step's duration), freeing
-GPU blocks as they go, or falls back to ``discard`` when the CPU swap space is full; ``vllm``
+``preserve`` keeps the blocks (its own counted as paused, reclaimable); ``swap`` copies its own
+blocks to CPU at up to a per-step block budget (from the PCIe bandwidth and the step's
+duration), freeing them as they go, while its references to shared prefix blocks stay (other
+requests may hold them), or falls back to ``discard`` when the CPU swap space is full; ``vllm``
 and ``discard`` give them back to the pool (where the prefix cache may keep them). When the
 tool returns (:meth:`ToolKV.unpark`) a preserved request, or a swapped one of which nothing
 left the GPU, rejoins the running set; any other waits for re-admission, which copies its CPU
@@ -57,20 +58,21 @@ class ToolKV:
              call_s: float = math.inf) -> None:
         """``r`` paused at ``now_s`` for a tool call of ``call_s`` seconds; the policy asked for
         ``mode`` (``preserve``: for at most ``ttl_s`` if given)."""
-        if mode is KVMode.SWAP and (self.swap_used_bytes + r.blocks * self.block_bytes
+        own = r.blocks - r.shared  # its references to shared prefix blocks stay on the GPU
+        if mode is KVMode.SWAP and (self.swap_used_bytes + own * self.block_bytes
                                     > self.swap_space_bytes):
             mode = KVMode.DISCARD  # CPU swap space is full
         r.mode = mode
         r.rec.kv_modes.append(mode.value)
         self.paused.add(r)
         if mode is KVMode.PRESERVE:
-            self.paused_blocks += r.blocks
+            self.paused_blocks += own
             if ttl_s is not None and ttl_s < call_s:  # else the tool returns first
                 heapq.heappush(self.expiry, (now_s + ttl_s, r.seq, r))
         elif mode is KVMode.SWAP:
-            self.paused_blocks += r.blocks
-            r.swap_out_left = r.blocks
-            self.swap_used_bytes += r.blocks * self.block_bytes
+            self.paused_blocks += own
+            r.swap_out_left = own
+            self.swap_used_bytes += own * self.block_bytes
             self.swapping_out[r] = None
         else:  # vllm, discard: the KV goes back to the pool (the prefix cache may keep it)
             self._free(r)
@@ -95,7 +97,7 @@ class ToolKV:
         done = []
         while self.expiry and self.expiry[0][0] <= now_s:
             _, _, r = heapq.heappop(self.expiry)
-            self.paused_blocks -= r.blocks
+            self.paused_blocks -= r.blocks - r.shared
             self._free(r)
             r.mode = KVMode.DISCARD
             r.rec.kv_expired += 1
@@ -107,14 +109,14 @@ class ToolKV:
         waits for re-admission (the CPU part comes back then; the rest stays allocated)."""
         self.paused.discard(r)
         if r.mode is KVMode.PRESERVE:
-            self.paused_blocks -= r.blocks
+            self.paused_blocks -= r.blocks - r.shared
             return True
         if r.mode is KVMode.SWAP:
             if r in self.swapping_out:  # the call ended before the copy out did
                 del self.swapping_out[r]
                 self.swap_used_bytes -= r.swap_out_left * self.block_bytes
                 r.swap_out_left = 0
-            self.paused_blocks -= r.blocks  # blocks not yet copied out stay on the GPU
+            self.paused_blocks -= r.blocks - r.shared  # blocks not copied out stay on the GPU
             if r.cpu_blocks == 0:  # nothing left the GPU: continue as if preserved
                 return True
         return False
@@ -171,12 +173,7 @@ class ToolKV:
                 break
             x = min(budget, r.swap_out_left)
             r.swap_out_left -= x
-            own = min(x, r.blocks - r.shared)  # from the tail: its own blocks go first
-            self.pool.free_own(own)
-            if x > own:  # then its references to shared blocks, last first
-                self.pool.unref([r.keys[i] for i in range(r.shared - 1, r.shared - 1 - (x - own),
-                                                          -1)])
-                r.shared -= x - own
+            self.pool.free_own(x)
             r.blocks -= x
             r.cpu_blocks += x
             self.paused_blocks -= x
