@@ -5,6 +5,7 @@ Line schema (units: seconds, tokens)::
     {"rid": str, "arrival_s": float, "prompt_tokens": int,
      "prompt_text": str | null, "aug_type": str, "metadata": {...},      # optional
      "session_id": str,                                                 # optional
+     "prefix": [[str, int], ...],     # optional: shared-prefix content keys (augserve.prefix)
      "segments": [{"gen_tokens": int,
                    "call": {"kind": str, "duration_s": float, "return_tokens": int} | null},
                   ...]}
