@@ -134,11 +134,12 @@ class RequestView:
     it to stay current (it is only guaranteed consistent during the call it was passed to).
     """
 
-    __slots__ = ("_r", "_oracle")
+    __slots__ = ("_r", "_oracle", "_meta")
 
     def __init__(self, runtime: Any, oracle: bool = False) -> None:
         self._r = runtime
         self._oracle = oracle
+        self._meta: Mapping[str, Any] | None = None  # the filtered metadata, built once
 
     # -- known at arrival -------------------------------------------------------------------
     @property
@@ -164,9 +165,11 @@ class RequestView:
     @property
     def metadata(self) -> Mapping[str, Any]:
         """The request's :data:`VIEW_METADATA` and ``x_*`` keys (the rest is hidden)."""
-        meta = self._r.req.metadata
-        return MappingProxyType({k: v for k, v in meta.items()
-                                 if k in VIEW_METADATA or k.startswith(CLIENT_PREFIX)})
+        if self._meta is None:  # a request's arrival metadata never changes
+            meta = self._r.req.metadata
+            self._meta = MappingProxyType({k: v for k, v in meta.items()
+                                           if k in VIEW_METADATA or k.startswith(CLIENT_PREFIX)})
+        return self._meta
 
     @property
     def session_id(self) -> str:
