@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from augserve.report import comparison_table
-from augserve.serving import run_policies
+from augserve.serving import run_policies, split_policy_config
 
 log = logging.getLogger("serve")
 
@@ -35,7 +35,14 @@ def main(cfg: DictConfig) -> float:
         raise ValueError("no policy selected: use policy=<name> (see conf/policy/)")
     engine = instantiate(cfg.engine)
     workload = instantiate(cfg.workload)
-    policies = {name: instantiate(p) for name, p in policies_cfg.items()}
+    policies, engines, labels = {}, {}, {}
+    for name, p in policies_cfg.items():
+        own, label, engine_over = split_policy_config(p)
+        policies[name] = instantiate(own)
+        if engine_over:  # this row's engine differs (e.g. vllm_nocache)
+            engines[name] = instantiate(cfg.engine, **engine_over)
+        if label:
+            labels[name] = label
     # partial: a run_config passed to instantiate would itself be instantiated (recursively:
     # the engine, the policies, and a second logger)
     logger = instantiate(cfg.logger, _partial_=True)(
@@ -44,6 +51,7 @@ def main(cfg: DictConfig) -> float:
         summaries = run_policies(
             workload, engine, policies, cfg.slo.spec, int(cfg.seed), out_dir,
             progress=bool(cfg.progress), plots=bool(cfg.plots), logger=logger,
+            engines=engines, labels=labels,
         )
     finally:
         logger.close()

@@ -1,8 +1,14 @@
 """The library function behind ``serve.py``: one workload, one engine, one or more policies.
 
 Every policy sees the same request stream (same seed, same arrivals). Per policy it writes
-``<policy>/summary.json`` and ``<policy>/requests.csv``; for the run, ``comparison.md``,
-``summary.csv``, ``ttft_cdf.png`` and ``goodput.png`` in ``out_dir``.
+``<policy>/summary.json`` and ``<policy>/requests.csv``; for the run, ``comparison.md``
+(with a legend of the rows' labels), ``summary.csv``, ``ttft_cdf.png`` and ``goodput.png`` in
+``out_dir``.
+
+A policy config may carry two keys that are not the policy's arguments
+(:func:`split_policy_config`): ``label`` (what its row is, for tables) and ``engine`` (engine
+settings for that row alone, e.g. ``prefix_caching: false`` for "vLLM without prefix caching"):
+the engine is built again with them, so neither engine nor policy asks about the other.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from augserve.engine.base import Engine, RunResult
 from augserve.loggers import NULL_LOGGER, Logger
@@ -33,6 +40,22 @@ SUMMARY_COLUMNS = (
 )
 
 
+#: keys of a policy config that are not the policy's arguments
+POLICY_META_KEYS = ("label", "engine")
+
+
+def split_policy_config(pcfg: Mapping[str, Any]) -> tuple[dict[str, Any], str | None,
+                                                          dict[str, Any]]:
+    """(the policy's own config, its row label, its engine overrides)."""
+    own = dict(pcfg)
+    label = own.pop("label", None)
+    engine = own.pop("engine", None) or {}
+    if not isinstance(engine, Mapping):
+        raise ValueError(f"policy key 'engine' must be a mapping of engine settings, got "
+                         f"{engine!r}")
+    return own, None if label is None else str(label), dict(engine)
+
+
 def prepare_requests(workload: Workload, engine: Engine, seed: int) -> list[AugRequest]:
     """The seeded request stream, with scripts fitted to the engine's context length."""
     reqs = workload.requests(seed)
@@ -52,8 +75,16 @@ def run_policies(
     progress: bool = True,
     plots: bool = True,
     logger: Logger = NULL_LOGGER,
+    engines: Mapping[str, Engine] | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, dict]:
-    """Run every policy on the same seeded stream; write results; return summaries by policy."""
+    """Run every policy on the same seeded stream; write results; return summaries by policy.
+
+    ``engines``: the engine of a policy that runs on its own (same profile, other settings);
+    ``labels``: what a policy's row is (in ``summary.json`` and ``comparison.md``'s legend).
+    """
+    engines = engines or {}
+    labels = labels or {}
     if not policies:
         raise ValueError("no policy to run")
     out = Path(out_dir)
@@ -68,12 +99,14 @@ def run_policies(
     results: dict[str, RunResult] = {}
     for name, policy in policies.items():
         t0 = time.perf_counter()
-        result = engine.run(requests, policy, progress=progress)
+        result = engines.get(name, engine).run(requests, policy, progress=progress)
         wall = time.perf_counter() - t0
         s = summarize(result, slo_ms, duration_s=window)
         s["policy"] = name
         s["seed"] = seed
         s["wall_s"] = wall
+        if name in labels:
+            s["label"] = labels[name]
         pdir = out / name
         write_summary_json(pdir / "summary.json", s)
         write_requests_csv(pdir / "requests.csv", result.records, slo_ms)
@@ -87,7 +120,9 @@ def run_policies(
         w.writeheader()
         for s in summaries.values():
             w.writerow({k: s.get(k) for k in SUMMARY_COLUMNS})
-    (out / "comparison.md").write_text(comparison_table(summaries, markdown=True) + "\n")
+    legend = "".join(f"\n- `{n}`: {labels[n]}" for n in summaries if n in labels)
+    (out / "comparison.md").write_text(comparison_table(summaries, markdown=True) + "\n"
+                                       + (legend[1:] + "\n" if legend else ""))
     if plots:
         plot_ttft_cdf({n: r.records for n, r in results.items()}, out / "ttft_cdf.png")
         plot_goodput(summaries, out / "goodput.png")

@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from augserve.engine.factory import make_sim_engine
-from augserve.serving import prepare_requests
+from augserve.serving import prepare_requests, split_policy_config
 from augserve.workload import make_augmix, make_infercept_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def build_policies(names: list[str], data_dir: str) -> dict:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("serve", [f"policy=[{','.join(names)}]", "predictor=lgbm",
                                 f"data_dir={data_dir}"])
-    return {n: instantiate(cfg.policies[n]) for n in names}
+    return {n: instantiate(split_policy_config(cfg.policies[n])[0]) for n in names}
 
 
 def settings(data_dir: str) -> list[tuple[str, object, object]]:

@@ -98,18 +98,20 @@ def test_ttl_shorter_than_the_call_frees_the_kv_at_its_end() -> None:
 
 def test_ttl_frees_blocks_that_a_waiting_request_then_gets() -> None:
     # r0 holds the only KV during a long call; r1 arrives meanwhile and fits only once r0's
-    # TTL frees the blocks: it is admitted at the TTL's end, not at the tool's return
+    # blocks are freed. A TTL pin is reclaimable: with nothing running, the engine frees it for
+    # r1 at once (Continuum's admission fallback), instead of waiting for its TTL's end (0.5)
+    # or, without a TTL, for the tool's return (5.0) and r0's end (token 5 at 5.05)
     blocks = 3  # 48 tokens: r0's 23 tokens of context take 2 blocks, r1's 30-token prompt 2
     r0 = AugRequest("r0", 0.0, 20, (Segment(3, ToolCall("t", 5.0, 1)), Segment(2)))
     r1 = AugRequest("r1", 0.05, 30, (Segment(2),))
-    # without a TTL r1 waits until r0 has resumed (5.03) and finished (token 5 at 5.05)
-    for ttl, first_r1 in ((0.5, 0.53), (None, 5.05)):
+    for ttl, first_r1 in ((0.5, 0.05), (None, 5.05)):
         dec = KVDecision(KVMode.PRESERVE, ttl)
         res = engine(num_gpu_blocks=blocks).run([r0, r1], Answers(dec))
         rec1 = res.records[1]
         assert rec1.finished
         assert rec1.token_s[0] == pytest.approx(first_r1 + STEP, abs=1e-9)
         assert res.records[0].kv_expired == (0 if ttl is None else 1)
+        assert res.stats["pins_reclaimed"] == (0 if ttl is None else 1)
 
 
 def test_ttl_longer_than_the_call_changes_nothing() -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from augserve.sched.augserve import AugServePolicy
 from augserve.sched.vllm import VLLMPolicy
+from augserve.serving import split_policy_config
 from augserve.vllm import deploy
 from augserve.vllm.deploy import HintPredictor, make_policy, policy_factory
 
@@ -26,7 +26,7 @@ def _serve_factory(name: str, slo: str):
     """serve.py's policy ``name`` (predictor=lgbm), as a Hydra partial: its class and kwargs."""
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("serve", [f"policy=[{name}]", "predictor=lgbm", f"slo.spec={slo}"])
-    return instantiate(cfg.policies[name], _partial_=True)
+    return instantiate(split_policy_config(cfg.policies[name])[0], _partial_=True)
 
 
 def test_the_registry_is_conf_policy() -> None:
@@ -43,8 +43,7 @@ def test_every_policy_is_what_serve_py_instantiates(name: str) -> None:
     wraps the same artifact behind the request hints."""
     slo = "ttft:500"
     serve = _serve_factory(name, slo)
-    yaml_budget = OmegaConf.load(ROOT / "conf" / "policy" / f"{name}.yaml").get(
-        "max_num_batched_tokens")
+    yaml_budget = serve.keywords.get("max_num_batched_tokens")  # as resolved for the simulator
     cfg = {"policy": name, "predictor": ARTIFACT, "slo": slo}
     if yaml_budget is not None:
         cfg["max_num_batched_tokens"] = yaml_budget
@@ -149,7 +148,8 @@ def test_nested_targets_are_instantiated_like_hydra(tmp_path, monkeypatch) -> No
 def test_an_interpolation_a_deployment_lacks_is_a_clear_error(tmp_path, monkeypatch) -> None:
     _with_policy(tmp_path, monkeypatch, "seeded",
                  "_target_: augserve.sched.vllm.VLLMPolicy\nmax_num_batched_tokens: ${seed}\n")
-    with pytest.raises(ValueError, match=r"seeded.*only \$\{predictor\} and \$\{slo.spec\}"):
+    with pytest.raises(ValueError, match=r"seeded.*only \$\{predictor\}, \$\{slo.spec\} "
+                                         r"and \$\{engine.profile\}"):
         make_policy({"policy": "seeded"}, 512)
 
 

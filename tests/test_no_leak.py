@@ -33,6 +33,7 @@ from augserve.engine.trace import read_trace
 from augserve.request import AugRequest, Segment, ToolCall
 from augserve.sched.infercept import InferCeptPolicy
 from augserve.sched.minwaste import min_waste
+from augserve.serving import split_policy_config
 from augserve.workload import make_augmix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ SEED = 3
 def _policy(name: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("serve", [f"policy=[{name}]", "predictor=lgbm", "slo.spec=ttft:1000"])
-    return instantiate(cfg.policies[name])
+    return instantiate(split_policy_config(cfg.policies[name])[0])
 
 
 def _longer(r: AugRequest, first: int) -> AugRequest:

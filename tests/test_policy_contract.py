@@ -15,7 +15,7 @@ from augserve.engine.factory import make_sim_engine
 from augserve.metrics import per_request_table
 from augserve.sched.augserve import AugServePolicy
 from augserve.sched.keyed import KeyedPolicy
-from augserve.serving import prepare_requests
+from augserve.serving import prepare_requests, split_policy_config
 from augserve.workload import make_augmix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ def test_value_queue_abort_before_valuation_leaves_nothing_behind() -> None:
 def _policy(name: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("serve", [f"policy=[{name}]", "predictor=lgbm"])
-    return instantiate(cfg.policies[name])
+    return instantiate(split_policy_config(cfg.policies[name])[0])
 
 
 @pytest.mark.parametrize("name", POLICIES)

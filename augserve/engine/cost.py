@@ -282,3 +282,29 @@ def load_profile(name_or_path: str | Path) -> Profile:
         return Profile(**kwargs)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from exc
+
+
+def saturation_tokens(profile: Profile, max_tokens: int = 8192, rel_tol: float = 1e-6) -> int:
+    """InferCept's per-step token budget for ``profile``: the saturation point of its step-time
+    curve, the most tokens a step schedules at the cost of one (tokens).
+
+    InferCept (Abhyankar et al., ICML 2024; ``WukLab/InferCept``
+    ``vllm/core/scheduler_v2.py::_set_max_ragged_batch``, ``mlimit = 384`` for GPT-J-6B on an
+    A100, with the forward-time fit ``T_fwd = a·x + c`` of its ``exps/*.sh``) caps a step where
+    the forward pass stops being memory-bound: below it, more tokens ride for free; above it,
+    step time (and every running request's TPOT) grows with each token. On the profile's
+    curve (``step_time(N)`` with no attention terms) that is the largest ``N`` whose step time
+    is the floor's, found by sweeping ``N = 1..max_tokens`` (``rel_tol``: float slack). The
+    GPT-J profile reproduces 384; Llama-3-8B on an A100 gives 61. (AgentServeSim's profiles
+    use another rule, the smallest N reaching 98% of peak throughput ``N/T(N)``, which on these
+    linear curves lands in the thousands; it is not how InferCept's 384 arises.) A curve with
+    no memory-bound floor (the CPU profiles: every token costs) has no saturation point; its
+    budget is then vLLM's default, 2048.
+    """
+    if profile.t_floor_s <= profile.a_s + profile.b_s_per_token:
+        return 2048
+    cost = LinearCostModel(profile)
+    n = np.arange(1, max_tokens + 1)
+    t = cost.step_times(n, np.zeros(len(n)), np.zeros(len(n)))
+    flat = np.nonzero(t <= t[0] * (1.0 + rel_tol))[0]
+    return int(n[flat[-1]])

@@ -242,7 +242,7 @@ class SimRun:
             "steps": 0, "forward_s": 0.0, "recompute_s": 0.0, "prefill_tokens": 0,
             "decode_tokens": 0, "recompute_tokens": 0, "preemptions": 0, "swap_out_blocks": 0,
             "swap_in_blocks": 0, "swap_stall_s": 0.0, "prefix_hit_tokens": 0, "stretch_steps": 0,
-            "num_gpu_blocks": eng.num_blocks,
+            "pins_reclaimed": 0, "num_gpu_blocks": eng.num_blocks,
         }
         self.kv = ToolKV(self.pool, self.bs, self.info.kv_bytes_per_token,
                          eng.swap_bytes_per_s, self.cfg.swap_space_bytes,
@@ -300,7 +300,8 @@ class SimRun:
         cfg = self.cfg
         kv = self.kv
         while not player.all_finished():
-            if kv.expiry and kv.expiry[0][0] <= self.now:  # a TTL ends before its tool returns
+            t_ex = kv.next_expiry_s()
+            if t_ex is not None and t_ex <= self.now:  # a TTL ends before its tool returns
                 for r in kv.expire_due(self.now):
                     if self.trace is not None:
                         self.trace.expired(r.req.rid)
@@ -325,13 +326,15 @@ class SimRun:
         return False
 
     def can_admit_anything(self) -> bool:
-        return bool(self.held) or (bool(self.waiting) and self.pool.free > 0)
+        # (with no free block a pin may still be reclaimed for the head)
+        return bool(self.held) or (bool(self.waiting) and (self.pool.free > 0
+                                                           or bool(self.kv.pins)))
 
     def next_event_time(self) -> float | None:
         """Earliest next arrival, tool return or KV time-to-live end (s); None if none."""
         t = self.player.next_event_time()
-        if self.kv.expiry:
-            e = self.kv.expiry[0][0]
+        e = self.kv.next_expiry_s()
+        if e is not None:
             t = e if t is None or e < t else t
         return t
 
@@ -361,8 +364,9 @@ class SimRun:
         # 1. decodes: blocks for this step's new tokens
         need = dec.blocks_needed(self.n_steps)
         while need > pool.free:
-            self.preempt(next(reversed(self.running)))
-            preempted = True
+            if not self.reclaim_pin():
+                self.preempt(next(reversed(self.running)))
+                preempted = True
             need = dec.blocks_needed(self.n_steps)
         pool.allocate(need)
         self.dec_allocated = True
@@ -387,8 +391,9 @@ class SimRun:
                 # (it may hold the blocks of a bigger chunk: a swap-in sized at admission)
                 add = max(0, self.nblocks(r.computed + c) - r.blocks)
                 while add > pool.free and r.state is State.RUNNING:
-                    self.preempt(next(reversed(self.running)))
-                    preempted = True
+                    if not self.reclaim_pin():
+                        self.preempt(next(reversed(self.running)))
+                        preempted = True
                 if r.state is not State.RUNNING:
                     continue
                 pool.allocate(add)
@@ -499,6 +504,10 @@ class SimRun:
             if r.state is not State.WAITING:
                 raise RuntimeError(f"policy offered {r.req.rid}, which is not waiting")
             plan = plan_admission(r, room, pool, bs)
+            # with nothing running, nothing else would free the pins it waits for (Continuum
+            # frees one at admission only then)
+            while not fits(plan, pool) and not self.running and self.reclaim_pin():
+                plan = plan_admission(r, room, pool, bs)
             if not fits(plan, pool):
                 break  # head-of-line: vLLM stops admitting at the first request that does not fit
             hit, _, c, add = plan
@@ -525,6 +534,13 @@ class SimRun:
             sched.append((r, c))
             room -= c
         return room
+
+    def reclaim_pin(self) -> bool:
+        """Free one TTL pin under memory pressure (:meth:`ToolKV.reclaim_pin`); False if none."""
+        r = self.kv.reclaim_pin()
+        if r is not None and self.trace is not None:
+            self.trace.expired(r.req.rid)
+        return r is not None
 
     def preempt(self, v: _Req) -> None:
         """Preempt ``v`` by recompute (vLLM V1): free its blocks; it waits at the front."""

@@ -10,10 +10,14 @@ tool returns (:meth:`ToolKV.unpark`) a preserved request, or a swapped one of wh
 left the GPU, rejoins the running set; any other waits for re-admission, which copies its CPU
 blocks back (:meth:`ToolKV.swap_in`) before it computes.
 
-A ``preserve`` decision with a time-to-live (:class:`~augserve.contract.KVDecision`) keeps the
-blocks at most ``ttl_s`` into the call: if the tool is still running then
-(:meth:`ToolKV.expire_due`), the blocks are freed as ``discard`` frees them and the request
-resumes as a discarded one. Units: blocks, bytes, seconds.
+A ``preserve`` decision with a time-to-live (:class:`~augserve.contract.KVDecision`) is a *pin*
+(Continuum's TTL pinning): it keeps the blocks at most ``ttl_s`` into the call: if the tool is
+still running then (:meth:`ToolKV.expire_due`), the blocks are freed as ``discard`` frees them
+and the request resumes as a discarded one. A pin is also reclaimable: under memory pressure
+the engine frees pins before it preempts a running request, the one with the latest pin end
+first (:meth:`ToolKV.reclaim_pin`; Continuum, ``pop_running_request_based_on_last_step``). A
+``preserve`` without a TTL (InferCept's) is held until the tool returns. Units: blocks, bytes,
+seconds.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class ToolKV:
         self.swapping_out: dict[Any, None] = {}
         self.swap_used_bytes = 0.0  # CPU swap space taken (copied out or being copied)
         self.expiry: list[tuple[float, int, Any]] = []  # (TTL end s, seq, runtime)
+        self.pins: dict[Any, float] = {}  # paused with a TTL pin -> its end (s)
 
     def budget(self, last_step_s: float) -> int:
         """Blocks that can move in each direction in the next step."""
@@ -67,8 +72,10 @@ class ToolKV:
         self.paused.add(r)
         if mode is KVMode.PRESERVE:
             self.paused_blocks += own
-            if ttl_s is not None and ttl_s < call_s:  # else the tool returns first
-                heapq.heappush(self.expiry, (now_s + ttl_s, r.seq, r))
+            if ttl_s is not None:
+                self.pins[r] = now_s + ttl_s
+                if ttl_s < call_s:  # else the tool returns first
+                    heapq.heappush(self.expiry, (now_s + ttl_s, r.seq, r))
         elif mode is KVMode.SWAP:
             self.paused_blocks += own
             r.swap_out_left = own
@@ -89,25 +96,44 @@ class ToolKV:
         r.computed = 0
 
     def next_expiry_s(self) -> float | None:
-        return self.expiry[0][0] if self.expiry else None
+        """When the next pin's TTL ends (s); None if none will before its tool returns."""
+        ex = self.expiry
+        while ex and self.pins.get(ex[0][2]) != ex[0][0]:  # reclaimed before its TTL
+            heapq.heappop(ex)
+        return ex[0][0] if ex else None
+
+    def _unpin(self, r: Any) -> None:
+        del self.pins[r]
+        self.paused_blocks -= r.blocks - r.shared
+        self._free(r)
+        r.mode = KVMode.DISCARD
+        r.rec.kv_expired += 1
 
     def expire_due(self, now_s: float) -> list[Any]:
-        """Free the preserved KV whose time-to-live ended by ``now_s`` (a TTL shorter than its
+        """Free the pinned KV whose time-to-live ended by ``now_s`` (a TTL shorter than its
         call only, so the request is still in its tool call); returns those requests."""
         done = []
-        while self.expiry and self.expiry[0][0] <= now_s:
+        while (t := self.next_expiry_s()) is not None and t <= now_s:
             _, _, r = heapq.heappop(self.expiry)
-            self.paused_blocks -= r.blocks - r.shared
-            self._free(r)
-            r.mode = KVMode.DISCARD
-            r.rec.kv_expired += 1
+            self._unpin(r)
             done.append(r)
         return done
+
+    def reclaim_pin(self) -> Any | None:
+        """Memory pressure: free the pin with the latest end (ties: the latest call); returns
+        its request, or None if nothing is pinned."""
+        if not self.pins:
+            return None
+        r = max(self.pins, key=lambda q: (self.pins[q], q.seq))
+        self._unpin(r)
+        self.stats["pins_reclaimed"] += 1
+        return r
 
     def unpark(self, r: Any) -> bool:
         """``r``'s tool returned. True: it runs on at once (its KV is on the GPU); False: it
         waits for re-admission (the CPU part comes back then; the rest stays allocated)."""
         self.paused.discard(r)
+        self.pins.pop(r, None)  # the next turn takes the pinned KV (a prefix hit in vLLM)
         if r.mode is KVMode.PRESERVE:
             self.paused_blocks -= r.blocks - r.shared
             return True

@@ -9,7 +9,8 @@ One line per engine step (a forward pass) in which something was decided::
 waits do not), ``t`` is the engine clock at the step's end (s), ``budget`` the token budget the
 policy chose (null on steps where none was asked for), ``admitted`` / ``preempted`` request ids
 in the order they happened, ``kv`` the KV mode applied at each tool call made in the step
-(request id, mode), ``expired`` requests whose preserved KV reached its time-to-live. Steps with
+(request id, mode), ``expired`` requests whose pinned KV reached its time-to-live or was
+reclaimed under memory pressure. Steps with
 none of these write no line; decisions made while the engine waited idle go with the next step
 that runs. Each run writes its file anew.
 """

@@ -39,7 +39,6 @@ when the engine next asks for candidates.
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Sequence
 
 import numpy as np
@@ -47,10 +46,10 @@ import numpy as np
 from augserve.contract import EngineState, KVMode, RequestView
 from augserve.predictor import Prediction, Predictor, predict_tool_s
 from augserve.sched.budget import DynamicBudget
+from augserve.sched.deadline import TTFTTriage, ttft_s
 from augserve.sched.kind_means import KindMeans
 from augserve.sched.minwaste import min_waste
 from augserve.sched.queue_policy import ValueQueuePolicy, check_predictor
-from augserve.slo import parse_slo
 
 
 def intercept_cost(context_tokens: float, tool_s: float, state: EngineState) -> float:
@@ -91,9 +90,7 @@ class AugServePolicy(ValueQueuePolicy):
         self.dynamic = bool(dynamic_budget)
         self.budget_rule = DynamicBudget(**(budget or {}))
         self.default_return_tokens = float(default_return_tokens)
-        ttft_ms = parse_slo(slo).get("ttft")
-        self.ttft_s = ttft_ms / 1e3 if (ttft_ms is not None and self.stage2) else None
-        self.late_penalty = float(late_penalty)
+        self.triage = TTFTTriage(ttft_s(slo) if self.stage2 else None, late_penalty)
         if name:
             self.name = name
         # Stage I alone: no runtime refinement, no aging, no starvation tier, no skipping
@@ -101,43 +98,28 @@ class AugServePolicy(ValueQueuePolicy):
                          age_weight if self.stage2 else 0.0, lookahead if self.stage2 else 0,
                          starve_every_s)
 
+    @property
+    def ttft_s(self) -> float | None:
+        """The TTFT deadline (s) the queue triages by (None: off)."""
+        return self.triage.ttft_s
+
+    @property
+    def late_penalty(self) -> float:
+        return self.triage.late_penalty
+
     def _reset_queue(self) -> None:
         super()._reset_queue()
         self._arrival_value: dict[str, float] = {}
         self._returns = KindMeans(self.default_return_tokens)
         self._last_tool: dict[str, str] = {}  # rid -> kind of its last returned call
-        self._deadlines: list[tuple[float, int, RequestView]] = []
-        self._deadline_seq = 0
-        self._keys: dict[str, float] = {}
         self.pred_cache: dict[str, tuple[float, float, float, float]] = {}
 
     def on_leave(self, view: RequestView) -> None:
         super().on_leave(view)
         # what the policy kept per request: bounded by the requests in the engine
         self._arrival_value.pop(view.rid, None)
-        self._keys.pop(view.rid, None)
         self.pred_cache.pop(view.rid, None)
         self._last_tool.pop(view.rid, None)
-
-    # ------------------------------------------------------------------ SLO deadlines
-    def adjust_key(self, view: RequestView, key: float, state: EngineState) -> float:
-        if self.ttft_s is not None and view.generated_tokens == 0:
-            deadline = view.arrival_s + self.ttft_s
-            if state.now_s >= deadline:
-                key += self.late_penalty
-            elif view.rid not in self._keys:
-                self._deadline_seq += 1
-                heapq.heappush(self._deadlines, (deadline, self._deadline_seq, view))
-        self._keys[view.rid] = key
-        return key
-
-    def refresh(self, state: EngineState) -> None:
-        dl = self._deadlines
-        while dl and dl[0][0] <= state.now_s:
-            _, _, view = heapq.heappop(dl)
-            if view.rid in self.queue and view.generated_tokens == 0:
-                self._keys[view.rid] += self.late_penalty
-                self.queue.rekey(view, self._keys[view.rid])
 
     # ------------------------------------------------------------------ values
     def mean_return(self, kind: str | None) -> float:

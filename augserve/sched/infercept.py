@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from augserve.contract import EngineInfo, EngineState, KVMode, RequestView
 from augserve.sched.keyed import KeyedPolicy
-from augserve.sched.kind_means import KindMeans
-from augserve.sched.minwaste import min_waste
+from augserve.sched.kv_choice import MeanToolMinWaste
 
 
 class InferCeptPolicy(KeyedPolicy):
     """InferCept (Abhyankar et al., ICML'24) on an iteration-level engine.
 
-    The tool duration is not known at the call; it is estimated as the mean of the durations
-    observed so far for that tool kind (``default_tool_s`` before the first return of a kind).
-    ``modes`` restricts the choice (e.g. ``["preserve"]`` for a preserve-only ablation).
+    KV mode: :class:`~augserve.sched.kv_choice.MeanToolMinWaste` (the tool time is estimated as
+    the kind's mean observed duration); ``modes`` restricts the choice (e.g. ``["preserve"]``
+    for a preserve-only ablation).
     """
 
     name = "infercept"
@@ -23,21 +22,22 @@ class InferCeptPolicy(KeyedPolicy):
         max_num_batched_tokens: int = 384,
         default_tool_s: float = 1.0,
         modes: tuple[str, ...] | list[str] = ("preserve", "discard", "swap"),
+        name: str | None = None,
     ) -> None:
         if max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens={max_num_batched_tokens} must be >= 1")
-        if default_tool_s < 0:
-            raise ValueError(f"default_tool_s={default_tool_s} must be >= 0")
         self.budget = int(max_num_batched_tokens)
-        self.default_tool_s = float(default_tool_s)
-        self.modes = tuple(KVMode(m) for m in modes)
-        if not self.modes or KVMode.VLLM in self.modes:
-            raise ValueError(f"modes must be a non-empty subset of preserve/discard/swap: {modes}")
-        self._tool_s = KindMeans(self.default_tool_s)
+        self.kv = MeanToolMinWaste(default_tool_s, modes)
+        if name:
+            self.name = name
+
+    @property
+    def modes(self) -> tuple[KVMode, ...]:
+        return self.kv.modes
 
     def reset(self, info: EngineInfo) -> None:
         super().reset(info)
-        self._tool_s.clear()
+        self.kv.clear()
 
     def priority(self, view: RequestView, state: EngineState) -> tuple:
         return (0 if view.preempted else 1, view.arrival_s)
@@ -46,14 +46,10 @@ class InferCeptPolicy(KeyedPolicy):
         return self.budget
 
     def tool_estimate(self, kind: str | None) -> float:
-        return self._tool_s.mean(kind)
+        return self.kv.estimate(kind)
 
     def on_tool_return(self, view: RequestView, duration_s: float) -> None:
-        self._tool_s.add(view.current_tool or view.aug_type, duration_s)
+        self.kv.observe(view, duration_s)
 
     def on_intercept(self, view: RequestView, state: EngineState) -> KVMode:
-        if len(self.modes) == 1:
-            return self.modes[0]
-        w = min_waste(view.context_tokens, self.tool_estimate(view.current_tool), state)
-        best = {KVMode.PRESERVE: w.preserve, KVMode.DISCARD: w.discard, KVMode.SWAP: w.swap}
-        return min(self.modes, key=lambda m: (best[m], self.modes.index(m)))
+        return self.kv.choose(view, state)

@@ -2,7 +2,9 @@
 
 Subclasses say what a request is worth (``values``, lower first) and on which clock waiting is
 measured (``clock``: seconds or engine steps). Requests entering the queue between two steps are
-valued together (one batched predictor call) when the engine next asks for candidates.
+valued together (one batched predictor call) when the engine next asks for candidates. A policy
+that knows the SLO sets ``triage`` (:class:`~augserve.sched.deadline.TTFTTriage`): late first
+tokens are re-keyed behind the rest.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 from augserve.contract import EngineInfo, EngineState, RequestView
 from augserve.predictor import Predictor, reset_predictor
 from augserve.sched.base import Policy
+from augserve.sched.deadline import TTFTTriage
 from augserve.sched.value_queue import ValueQueue
 
 
@@ -34,6 +37,8 @@ class ValueQueuePolicy(Policy):
 
     #: waiting-time clock: "s" (seconds) or "steps" (engine steps)
     clock_unit: str = "s"
+    #: TTFT-deadline re-keying (None: the policy does not know the SLO)
+    triage: TTFTTriage | None = None
 
     def __init__(self, starve_after: float | None, age_weight: float = 0.0,
                  lookahead: int = 0, starve_every: float = 0.0) -> None:
@@ -52,6 +57,8 @@ class ValueQueuePolicy(Policy):
         self._tier_offer: str | None = None  # rid offered on this step's tier turn
         self._tier_last = -float("inf")  # clock of the last admission from the tier
         self._tier_clock = 0.0
+        if self.triage is not None:
+            self.triage.reset()
 
     def reset(self, info: EngineInfo) -> None:
         super().reset(info)
@@ -83,6 +90,8 @@ class ValueQueuePolicy(Policy):
                 self._tier_offer = None
             self.queue.remove(view.rid)
             self._waiting.discard(view.rid)
+        if self.triage is not None:
+            self.triage.forget(view.rid)
 
     def _flush(self, state: EngineState) -> None:
         if not self._pending:
@@ -92,15 +101,23 @@ class ValueQueuePolicy(Policy):
         for (v, entered), val in zip(self._pending, vals, strict=True):
             # aging V - w·(now - entered)/unit orders like V + w·entered/unit: time-invariant
             key = self.adjust_key(v, float(val) + self.age_weight * entered / unit, state)
-            self.queue.push(v, key, entered)
+            self.queue.push(v, key, entered, self.starves(v))
         self._pending.clear()
 
+    def starves(self, view: RequestView) -> bool:
+        """Hook: whether ``view`` may join the starvation tier (default: every request)."""
+        return True
+
     def adjust_key(self, view: RequestView, key: float, state: EngineState) -> float:
-        """Hook: final heap key of a request entering the queue (default: unchanged)."""
-        return key
+        """Hook: final heap key of a request entering the queue (default: the triage's)."""
+        return key if self.triage is None else self.triage.key(view, key, state)
 
     def refresh(self, state: EngineState) -> None:
-        """Hook: re-key queued requests whose situation changed with time (default: none)."""
+        """Hook: re-key queued requests whose situation changed with time (default: late
+        first tokens, with a triage)."""
+        if self.triage is not None:
+            for view, key in self.triage.due(state, self.queue):
+                self.queue.rekey(view, key)
 
     def candidates(
         self, state: EngineState, fits: Callable[[RequestView], bool]

@@ -62,12 +62,14 @@ class ValueQueue:
     def __len__(self) -> int:
         return len(self._live)
 
-    def push(self, view: RequestView, key: float, entered: float) -> None:
-        """Add (or re-add) ``view`` with ``key``; ``entered`` on the queue's clock."""
+    def push(self, view: RequestView, key: float, entered: float, tier: bool = True) -> None:
+        """Add (or re-add) ``view`` with ``key``; ``entered`` on the queue's clock; ``tier``
+        False: it is never promoted (a policy whose starvation rule spares some requests)."""
         self._seq += 1
         self._live[view.rid] = self._live_heap[view.rid] = self._seq
         heapq.heappush(self._heap, (key, self._seq, view))
-        self._fifo.append((entered, self._seq, view))
+        if tier:
+            self._fifo.append((entered, self._seq, view))
 
     def rekey(self, view: RequestView, key: float) -> None:
         """Change ``view``'s key; its place in the FIFO (its waiting time) stays."""

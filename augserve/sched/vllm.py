@@ -13,10 +13,12 @@ class VLLMPolicy(KeyedPolicy):
 
     name = "vllm"
 
-    def __init__(self, max_num_batched_tokens: int = 2048) -> None:
+    def __init__(self, max_num_batched_tokens: int = 2048, name: str | None = None) -> None:
         if max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens={max_num_batched_tokens} must be >= 1")
         self.budget = int(max_num_batched_tokens)
+        if name:
+            self.name = name
 
     def priority(self, view: RequestView, state: EngineState) -> tuple:
         if view.preempted:

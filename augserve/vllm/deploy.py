@@ -168,6 +168,8 @@ def _from_registry(name: str, path: Path, cfg: Mapping[str, Any]) -> functools.p
     from omegaconf.errors import InterpolationResolutionError
 
     node = OmegaConf.load(path)
+    for meta in ("label", "engine"):  # a table row's settings (augserve.serving), not arguments
+        node.pop(meta, None)
     target = node.get("_target_")
     if not target:
         raise ValueError(f"policy {name!r}: {path} has no _target_")
@@ -175,13 +177,15 @@ def _from_registry(name: str, path: Path, cfg: Mapping[str, Any]) -> functools.p
     root = OmegaConf.create({
         "predictor": {"_target_": f"{__name__}.load_predictor", "spec": cfg.get("predictor")},
         "slo": {"spec": cfg.get("slo")},
+        "engine": {"profile": cfg.get("profile")},  # ${tuned:...}, ${saturation:...}
         "policy": node,
     })
     try:
         OmegaConf.to_container(root.policy, resolve=True)
     except InterpolationResolutionError as e:
         raise ValueError(f"policy {name!r}: {path} interpolates something a deployment does not "
-                         f"have (only ${{predictor}} and ${{slo.spec}}): {e}") from e
+                         f"have (only ${{predictor}}, ${{slo.spec}} and ${{engine.profile}}): "
+                         f"{e}") from e
     return instantiate(root.policy, _partial_=True)
 
 

@@ -95,6 +95,10 @@ def command_from_config(server: Mapping[str, Any], policies: Mapping[str, Any],
         raise ValueError(f"policy {name!r} has no _target_")
     pcfg.pop("predictor", None)
     pcfg.pop("slo", None)
+    pcfg.pop("label", None)
+    if pcfg.pop("engine", None):
+        raise ValueError(f"policy {name!r} sets engine options of its own (`engine:`), which a "
+                         "server cannot apply per policy: set them on the server instead")
     # a policy's own fallback artifact (rl_ckpt) stands in when no predictor= is selected
     path = (predictor or {}).get("path") or pcfg.pop("default_predictor", None)
     pcfg.pop("default_predictor", None)
