@@ -72,16 +72,23 @@ class MissReward(gym.Wrapper):
         return obs, reward, term, trunc, info
 
 
-def baseline_kwargs(baseline: str | Mapping[str, Any]) -> dict[str, Any]:
+def baseline_kwargs(baseline: str | Mapping[str, Any], profile: str | None = None
+                    ) -> dict[str, Any]:
     """AugServePolicy kwargs: a dict, or a policy config file (conf/policy/augserve.yaml) whose
-    ``_target_``, ``predictor`` and ``slo`` entries are left out (the caller sets those)."""
+    ``_target_``, ``predictor`` and ``slo`` entries are left out (the caller sets those); its
+    ``${tuned:...}`` values are read for the engine ``profile`` (augserve.tuned)."""
     if isinstance(baseline, str):
         from rl.rl_policy import resolve
 
         path = resolve(baseline)
         if not path.is_file():
             raise FileNotFoundError(f"eval.baseline: policy config {path} not found")
-        baseline = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        assert isinstance(raw, dict)
+        own = {k: v for k, v in raw.items()
+               if k not in ("_target_", "predictor", "slo", "label", "engine")}
+        root = OmegaConf.create({"engine": {"profile": profile}, "policy": own})
+        baseline = OmegaConf.to_container(root.policy, resolve=True)
     return {k: v for k, v in dict(baseline).items() if k not in ("_target_", "predictor", "slo")}
 
 
@@ -180,7 +187,8 @@ def evaluate(agent: Mapping[str, Any], checkpoint: str | Path, predictor: Any, o
         for seed in seeds:
             policies = {
                 "rl": RLPolicy(checkpoint, predictor, **policy_kwargs(agent)),
-                "augserve": AugServePolicy(predictor, slo=slo, **baseline_kwargs(ev["baseline"])),
+                "augserve": AugServePolicy(predictor, slo=slo, **baseline_kwargs(
+                    ev["baseline"], env_cfg["engine"].get("profile"))),
             }
             sums = run_policies(workload, engine, policies, slo, seed,
                                 out_dir / "eval" / name / f"seed{seed}", progress=progress,

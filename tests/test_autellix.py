@@ -23,6 +23,7 @@ from augserve.request import AugRequest, Segment, ToolCall
 from augserve.sched.autellix import AutellixPolicy
 from augserve.sched.vllm import VLLMPolicy
 from augserve.serving import prepare_requests
+from augserve.tuned import tuned_value
 from augserve.workload import make_augmix
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -331,4 +332,5 @@ def test_config_instantiates_through_hydra() -> None:
     pol = instantiate(cfg.policies.autellix)
     assert isinstance(pol, AutellixPolicy) and pol.name == "autellix"
     assert pol.thresholds == (2048, 8192, 32768) and pol.quanta == (2048, 1024, 512, 256)
-    assert pol.beta == 2.0 and pol.token_budget(STATE) == 2048
+    assert pol.beta == 2.0 and pol.token_budget(STATE) == tuned_value(
+        "llama3_8b_a100", "autellix", "max_num_batched_tokens", 2048)

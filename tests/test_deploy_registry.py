@@ -44,7 +44,8 @@ def test_every_policy_is_what_serve_py_instantiates(name: str) -> None:
     slo = "ttft:500"
     serve = _serve_factory(name, slo)
     yaml_budget = serve.keywords.get("max_num_batched_tokens")  # as resolved for the simulator
-    cfg = {"policy": name, "predictor": ARTIFACT, "slo": slo}
+    # the deployment's profile selects the same tuned settings (data/tuned/) as serve.py's
+    cfg = {"policy": name, "predictor": ARTIFACT, "slo": slo, "profile": "llama3_8b_a100"}
     if yaml_budget is not None:
         cfg["max_num_batched_tokens"] = yaml_budget
     dep = policy_factory(cfg, 4096)

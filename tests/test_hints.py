@@ -248,7 +248,7 @@ def test_policies_learn_only_bounded_tool_returns() -> None:
         rt = served({"tool": f"t{i}", "tool_durations": [MAX_TOOL_S], "return_lengths": [5]})
         ic.on_tool_return(rt.view, rt.tool_durations[-1])
         au.on_tool_return(rt.view, rt.tool_durations[-1])
-    assert len(ic._tool_s) == 1024 and ic.tool_estimate("t2999") == MAX_TOOL_S
+    assert len(ic.kv.tool_s) == 1024 and ic.tool_estimate("t2999") == MAX_TOOL_S
     assert ic.tool_estimate("t0") == ic.default_tool_s  # pushed out by later names
     assert len(au._returns) == 1024 and au.mean_return("t2999") == 5.0
 

@@ -35,6 +35,10 @@ class InferCeptPolicy(KeyedPolicy):
     def modes(self) -> tuple[KVMode, ...]:
         return self.kv.modes
 
+    @property
+    def default_tool_s(self) -> float:
+        return self.kv.default_tool_s
+
     def reset(self, info: EngineInfo) -> None:
         super().reset(info)
         self.kv.clear()
