@@ -27,8 +27,10 @@ import yaml
 from augserve.report import plot_goodput_vs_rate, plot_ttft_cdf
 
 ROOT = Path(__file__).resolve().parents[1]
-POLICIES = ["vllm", "infercept", "lamps", "ltr", "augserve_stage1", "augserve_no_budget",
-            "augserve", "rl_ckpt", "oracle"]
+POLICIES = ["vllm", "vllm_nocache", "infercept", "infercept_vllm_budget", "vllm_slo",
+            "infercept_slo", "edf", "hand_rule", "continuum", "continuum_dynamic", "autellix",
+            "lamps", "ltr", "augserve_stage1", "augserve_no_budget", "augserve", "rl_ckpt",
+            "oracle"]
 
 
 @dataclass
@@ -44,10 +46,10 @@ class Study:
 def studies(data_dir: str) -> list[Study]:
     azure = f"{data_dir}/azure_llm_trace_2023/AzureLLMInferenceTrace_conv.csv"
     mix = ["workload=infercept_json", "workload.duration_s=1800",
-           "engine.profile=gptj_6b_a100", "engine.prefix_caching=false"]
+           "engine.profile=gptj_6b_a100"]  # V1 defaults; vllm_nocache is InferCept's vLLM
     return [
         Study("infercept_mix", mix, [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0],
-              notes="InferCept's setting: GPT-J-6B/A100, no prefix caching, 1800 s"),
+              notes="InferCept's setting: GPT-J-6B/A100, 1800 s (cache on; vllm_nocache off)"),
         Study("augmix", ["workload=augmix", "workload.duration_s=600"],
               [4.0, 6.0, 8.0, 9.0, 10.0, 12.0, 14.0, 16.0],
               notes="built-in generator, Llama-3-8B/A100, prefix caching on, 600 s"),
