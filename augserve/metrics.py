@@ -286,9 +286,10 @@ def summarize(
         "preemptions": int(c.preempt.sum()),
         "recomputed_tokens": int(c.recomp.sum()),
         # what a policy gave up on: requests it turned away (counted in unfinished) and
-        # preserved KV freed at its time-to-live
+        # preserved KV freed at its time-to-live, or before it under memory pressure
         "rejected": int(sum(r.rejected is not None for r in records)),
         "kv_ttl_expired": int(sum(r.kv_expired for r in records)),
+        "kv_pins_reclaimed": int(sum(r.kv_reclaimed for r in records)),
     }
     per_metric = {
         "ttft": c.ttft[fin],

@@ -38,6 +38,7 @@ class RequestRecord:
     tool_return_s: list[float] = field(default_factory=list)
     kv_modes: list[str] = field(default_factory=list)  # mode chosen at each call
     kv_expired: int = 0  # calls whose preserved KV was freed at its time-to-live
+    kv_reclaimed: int = 0  # calls whose pinned KV was freed early, under memory pressure
     finished: bool = False
     finish_s: float = float("nan")
     preemptions: int = 0

@@ -56,7 +56,9 @@ def main() -> None:
             s = summarize(res, slo, duration_s=args.window)
             fwd = res.stats["forward_s"]
             rows.append({
-                "prefix_caching": pc, "policy": pol.name, "rate": rate, "seed": seed,
+                # a cache-off row is its own row, named as serve.py names vLLM's (vllm_nocache)
+                "prefix_caching": pc, "policy": pol.name if pc else f"{pol.name}_nocache",
+                "rate": rate, "seed": seed,
                 "goodput": s["goodput"], "slo_attainment": s["slo_attainment"],
                 "median_ttft_ms": s["median_ttft_ms"], "p99_ttft_ms": s["p99_ttft_ms"],
                 "median_norm_latency_ms": s["median_norm_latency_ms"],

@@ -4,12 +4,18 @@ For each profile (with the workload it is tuned on) and each policy, every setti
 its **capacity**: the highest request rate at which at least ``--attainment`` (90%) of the
 requests meet the SLO, found per development seed by a geometric bisection to ``--resolution``
 (5%) relative, averaged over the seeds (0-4; the evaluation seeds, 1000-1019, are never used
-here). Budgets: {256, 512, 1024, 2048, 4096, 8192}. AugServe then gets one coordinate pass over
-``late_penalty``, ``starve_after_s``, ``starve_every_s`` and ``lookahead`` at its best budget.
-The best setting (the default where the default ties it) goes to ``data/tuned/<profile>.yaml``,
-which the policy configs read (``${tuned:...}``, :mod:`augserve.tuned`); the default's
-capacity and every grid point are kept beside it. Policies not named on the command line keep
-what the file has.
+here). Budgets: {256, 512, 1024, 2048, 4096, 8192}. AugServe is tuned first: its budget with
+its constants at their defaults, then one coordinate pass over ``late_penalty``,
+``starve_after_s``, ``starve_every_s`` and ``lookahead`` at its best budget. The SLO-aware
+baselines then run with AugServe's chosen starvation tier, as their configs give it them.
+
+A setting replaces the default only if its capacity beats the default's by more than the
+resolution (a smaller gain is within the bisection's error); the chosen setting goes to
+``data/tuned/<profile>.yaml``, which the policy configs read (``${tuned:...}``,
+:mod:`augserve.tuned`), with the default's capacity, every grid point and the protocol it was
+measured under beside it. Policies not named on the command line keep their measurements, and
+the same rule is applied again to their budget grids (AugServe's constants are chosen only by a
+run that tunes it; a kept SLO-aware row measured with another AugServe tier is warned about).
 
     python experiments/tune.py                               # every profile and policy
     python experiments/tune.py --profiles llama3_8b_a100 --policies vllm,augserve
@@ -42,7 +48,7 @@ DEV_SEEDS = (0, 1, 2, 3, 4)
 #: profile -> (workload overrides it is tuned on, arrival window s, first rate tried req/s)
 PROFILES: dict[str, tuple[list[str], float, float]] = {
     "llama3_8b_a100": (["workload=augmix"], 150.0, 8.0),
-    "gptj_6b_a100": (["workload=infercept_json"], 300.0, 2.0),
+    "gptj_6b_a100": (["workload=infercept_json"], 150.0, 2.0),
 }
 #: policies whose budget is tuned, and the default each config falls back to
 POLICIES = ("vllm", "infercept", "vllm_slo", "infercept_slo", "edf", "hand_rule", "continuum",
@@ -56,14 +62,25 @@ AUGSERVE_GRID: dict[str, tuple[Any, ...]] = {
 }
 AUGSERVE_DEFAULTS = {"late_penalty": 1.0e6, "starve_after_s": 15.0, "starve_every_s": 1.0,
                      "lookahead": 8}
+#: policies whose configs take AugServe's starvation tier (conf/policy/*.yaml)
+SHARES_AUGSERVE_TIER = ("vllm_slo", "infercept_slo", "edf", "hand_rule")
+TIER_KEYS = ("starve_after_s", "starve_every_s")
 
 
 def budget_overrides(policy: str, budget: int) -> dict[str, Any]:
-    """The settings of ``policy`` at ``budget`` (AugServe: its dynamic rule starts there)."""
+    """The settings of ``policy`` at ``budget`` (AugServe: its dynamic rule starts there, its
+    constants at their defaults, not at whatever the committed file holds)."""
     if policy == "augserve":
         return {"max_num_batched_tokens": budget, "b_base": budget,
-                "b_max": max(budget, 4096)}
+                "b_max": max(budget, 4096), **AUGSERVE_DEFAULTS}
     return {"max_num_batched_tokens": budget}
+
+
+def select(grid: dict[int, float], default: int, resolution: float) -> int:
+    """The budget to run: the best of ``grid`` (capacity by budget) if it beats ``default``'s
+    capacity by more than ``resolution`` (relative), else ``default``."""
+    best = max(grid, key=lambda b: (grid[b], b == default))
+    return best if grid[best] > grid[default] * (1.0 + resolution) else default
 
 
 def _hydra_overrides(policy: str, settings: dict[str, Any]) -> list[str]:
@@ -126,8 +143,8 @@ def capacity(profile: str, policy: str, settings: dict[str, Any], seed: int, dur
         lo = r
         while hi is None:
             r *= 1.5
-            if r > start * 64:
-                return r
+            if r > start * 64:  # the highest rate tried and met
+                return lo
             if ok(r):
                 lo = r
             else:
@@ -189,88 +206,189 @@ def default_settings(policy: str, profile: str) -> dict[str, Any]:
     if policy in ("infercept", "infercept_slo"):
         return {"max_num_batched_tokens": saturation_tokens(load_profile(profile))}
     if policy == "augserve":
-        return {"max_num_batched_tokens": 2048, "b_base": 2048, "b_max": 4096}
+        return budget_overrides("augserve", 2048)
     return {"max_num_batched_tokens": 2048}
 
 
-def tune_profile(profile: str, policies: list[str], seeds: list[int], n_procs: int,
-                 target: float, res: float, duration: float | None) -> dict[str, Any]:
-    wl, dur, start = PROFILES[profile]
-    dur = duration or dur
-    settings: dict[str, list[dict[str, Any]]] = {}
+def _key(s: dict[str, Any]) -> tuple:
+    return tuple(sorted(s.items()))
+
+
+def tune_budgets(profile: str, policies: list[str], seeds: list[int], n_procs: int,
+                 target: float, res: float, dur: float, extra: dict[str, Any]
+                 ) -> dict[str, dict[str, Any]]:
+    """Each policy's budget grid (with ``extra`` settings held fixed); the entry per policy."""
+    _, _, start = PROFILES[profile]
+    grids: dict[str, list[dict[str, Any]]] = {}
     for p in policies:
-        grid = [budget_overrides(p, b) for b in BUDGETS]
-        d = default_settings(p, profile)
+        fixed = extra if p in SHARES_AUGSERVE_TIER else {}
+        grid = [{**budget_overrides(p, b), **fixed} for b in BUDGETS]
+        d = {**default_settings(p, profile), **fixed}
         if d not in grid:
             grid.append(d)
-        settings[p] = grid
-    jobs = [(profile, p, tuple(sorted(s.items())), seed, dur, start, target, res)
-            for p in policies for s in settings[p] for seed in seeds]
+        grids[p] = grid
+    jobs = [(profile, p, _key(s), seed, dur, start, target, res)
+            for p in policies for s in grids[p] for seed in seeds]
     caps = run_grid(jobs, n_procs)
-
-    def score(p: str, s: dict[str, Any]) -> tuple[float, float]:
-        return mean_ci([caps[(p, tuple(sorted(s.items())), seed)] for seed in seeds])
-
-    result: dict[str, Any] = {}
+    out: dict[str, dict[str, Any]] = {}
     for p in policies:
+        scores = {int(s["max_num_batched_tokens"]):
+                  mean_ci([caps[(p, _key(s), seed)] for seed in seeds]) for s in grids[p]}
         d = default_settings(p, profile)
-        best = max(settings[p], key=lambda s: (score(p, s)[0], s == d))
-        if score(p, best)[0] <= score(p, d)[0]:
-            best = d
-        result[p] = {"default": d, "tuned": dict(best),
-                     "grid": {int(s["max_num_batched_tokens"]): round(score(p, s)[0], 3)
-                              for s in settings[p]}}
-    if "augserve" in policies:  # its own constants, one coordinate pass at its best budget
-        cur = {**result["augserve"]["tuned"], **AUGSERVE_DEFAULTS}
-        base_caps = [caps[("augserve", tuple(sorted(result["augserve"]["tuned"].items())), s)]
-                     for s in seeds]
-        cur_score = mean_ci(base_caps)[0]
-        consts: dict[str, dict[str, float]] = {}
-        for k, values in AUGSERVE_GRID.items():
-            trial = [{**cur, k: v} for v in values if v != cur[k]]
-            jobs = [(profile, "augserve", tuple(sorted(s.items())), seed, dur, start, target,
-                     res) for s in trial for seed in seeds]
-            got = run_grid(jobs, n_procs)
-            consts[k] = {str(cur[k]): round(cur_score, 3)}
-            for s in trial:
-                sc = mean_ci([got[("augserve", tuple(sorted(s.items())), seed)]
-                              for seed in seeds])[0]
-                consts[k][str(s[k])] = round(sc, 3)
-                if sc > cur_score:
-                    cur, cur_score = s, sc
-        result["augserve"]["tuned"] = cur
-        result["augserve"]["default"] = {**result["augserve"]["default"], **AUGSERVE_DEFAULTS}
-        result["augserve"]["constants"] = consts
-        result["augserve"]["_cap_tuned"] = cur_score
-    for p in policies:
-        r = result[p]
-        if p != "augserve":
-            r["capacity_default"] = round(score(p, r["default"])[0], 3)
-            m, h = score(p, r["tuned"])
-        else:
-            r["capacity_default"] = r["grid"].get(2048)
-            m, h = r.pop("_cap_tuned"), float("nan")
-        r["capacity_tuned"] = round(m, 3)
-        if not math.isnan(h):
-            r["capacity_tuned_ci95"] = round(h, 3)
-    meta = {"workload": wl, "duration_s": dur, "seeds": list(seeds), "attainment": target,
-            "resolution": res, "budgets": list(BUDGETS)}
-    return {"meta": meta, "policies": result}
+        out[p] = {"default": d,
+                  "grid": {b: round(m, 3) for b, (m, _) in scores.items()},
+                  "grid_ci95": {b: round(h, 3) for b, (_, h) in scores.items()},
+                  "_per_seed": {int(s["max_num_batched_tokens"]):
+                                [caps[(p, _key(s), seed)] for seed in seeds] for s in grids[p]}}
+    return out
 
 
-def write(profile: str, got: dict[str, Any], out_dir: Path) -> Path:
+def tune_augserve_constants(profile: str, entry: dict[str, Any], seeds: list[int],
+                            n_procs: int, target: float, res: float, dur: float) -> None:
+    """One coordinate pass over AugServe's constants at its chosen budget (``entry`` updated):
+    a value replaces the current one only if it gains more than ``res``."""
+    _, _, start = PROFILES[profile]
+    cur = dict(entry["tuned"])
+    cur_score, cur_ci = mean_ci(entry["_per_seed"][int(cur["max_num_batched_tokens"])])
+    consts: dict[str, dict[str, float]] = {}
+    for k, values in AUGSERVE_GRID.items():
+        trial = [{**cur, k: v} for v in values if v != cur[k]]
+        jobs = [(profile, "augserve", _key(s), seed, dur, start, target, res)
+                for s in trial for seed in seeds]
+        got = run_grid(jobs, n_procs)
+        consts[k] = {str(cur[k]): round(cur_score, 3)}
+        best, best_score, best_ci = None, cur_score * (1.0 + res), cur_ci
+        for s in trial:
+            sc, ci = mean_ci([got[("augserve", _key(s), seed)] for seed in seeds])
+            consts[k][str(s[k])] = round(sc, 3)
+            if sc > best_score:
+                best, best_score, best_ci = s, sc, ci
+        if best is not None:
+            cur, cur_score, cur_ci = best, best_score, best_ci
+    entry["tuned"] = cur
+    entry["constants"] = consts
+    entry["capacity_tuned"] = round(cur_score, 3)
+    entry["capacity_tuned_ci95"] = round(cur_ci, 3)
+
+
+def finish(entry: dict[str, Any], res: float) -> dict[str, Any]:
+    """Apply the selection rule to an entry's grid (fresh or kept from the file)."""
+    d = int(entry["default"]["max_num_batched_tokens"])
+    grid = {int(b): float(v) for b, v in entry["grid"].items()}
+    cis = {int(b): float(v) for b, v in (entry.get("grid_ci95") or {}).items()}
+    b = select(grid, d, res)
+    if "constants" not in entry:  # AugServe's tuned entry is set by its constants pass
+        was = (entry.get("tuned") or {}).get("max_num_batched_tokens")
+        entry["tuned"] = {**entry["default"], **budget_overrides_like(entry["default"], b)}
+        entry["capacity_tuned"] = round(grid[b], 3)
+        if b in cis:
+            entry["capacity_tuned_ci95"] = round(cis[b], 3)
+        elif b != was:  # a kept entry's interval was measured for its previous choice
+            entry.pop("capacity_tuned_ci95", None)
+    entry["capacity_default"] = round(grid[d], 3)
+    if d in cis:
+        entry["capacity_default_ci95"] = round(cis[d], 3)
+    entry.pop("_per_seed", None)
+    return entry
+
+
+def budget_overrides_like(default: dict[str, Any], budget: int) -> dict[str, Any]:
+    """``default``'s budget keys set to ``budget`` (AugServe's b_base/b_max follow it)."""
+    out: dict[str, Any] = {"max_num_batched_tokens": budget}
+    if "b_base" in default:
+        out.update(b_base=budget, b_max=max(budget, 4096))
+    return out
+
+
+def tune_profile(profile: str, policies: list[str], seeds: list[int], n_procs: int,
+                 target: float, res: float, duration: float | None,
+                 committed: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    wl, dur, _ = PROFILES[profile]
+    dur = duration or dur
+    result: dict[str, Any] = {}
+    if "augserve" in policies:
+        result.update(tune_budgets(profile, ["augserve"], seeds, n_procs, target, res, dur, {}))
+        e = result["augserve"]
+        b = select(e["grid"], 2048, res)
+        e["tuned"] = budget_overrides("augserve", b)
+        e["default"] = budget_overrides("augserve", 2048)
+        tune_augserve_constants(profile, e, seeds, n_procs, target, res, dur)
+        tier = {k: e["tuned"][k] for k in TIER_KEYS}
+    else:
+        kept = committed.get("augserve", {})  # its tuned settings, as the configs read them
+        tier = {k: kept.get(k, AUGSERVE_DEFAULTS[k]) for k in TIER_KEYS}
+    rest = [p for p in policies if p != "augserve"]
+    if rest:
+        result.update(tune_budgets(profile, rest, seeds, n_procs, target, res, dur, tier))
+    protocol = {"workload": wl, "duration_s": dur, "seeds": list(seeds), "attainment": target,
+                "resolution": res, "budgets": list(BUDGETS)}
+    for p, e in result.items():
+        e["protocol"] = protocol
+        if p in SHARES_AUGSERVE_TIER:
+            e["augserve_tier"] = tier
+    return {"meta": protocol, "policies": result}
+
+
+def write(profile: str, got: dict[str, Any], out_dir: Path, res: float) -> Path:
     path = out_dir / f"{profile}.yaml"
-    doc = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    doc = doc or {}
-    doc.setdefault("policies", {}).update(got["policies"])
+    committed = TUNED_DIR / f"{profile}.yaml"
+    src = path if path.is_file() else committed
+    doc = (yaml.safe_load(src.read_text()) if src.is_file() else {}) or {}
+    pols = doc.setdefault("policies", {})
+    old_protocol = doc.pop("protocol", None)
+    for e in pols.values():  # kept entries: the protocol they were measured under
+        if old_protocol and "protocol" not in e:
+            e["protocol"] = old_protocol
+    pols.update(got["policies"])
+    for e in pols.values():
+        finish(e, float(e.get("protocol", {}).get("resolution", res)))
+    tier = {k: (pols.get("augserve") or {}).get("tuned", {}).get(k, AUGSERVE_DEFAULTS[k])
+            for k in TIER_KEYS}
+    stale = [p for p in SHARES_AUGSERVE_TIER if p in pols and p not in got["policies"]
+             and pols[p].get("augserve_tier", {k: AUGSERVE_DEFAULTS[k] for k in TIER_KEYS})
+             != tier]
+    if stale:  # their configs now run AugServe's tier, not the one they were measured with
+        print(f"warning: {path}: {', '.join(stale)} were tuned with another AugServe tier than "
+              f"{tier}; retune them (--policies {','.join(stale)})", file=sys.stderr)
     doc["profile"] = profile
-    doc.setdefault("protocol", {}).update(got["meta"])
     out_dir.mkdir(parents=True, exist_ok=True)
     head = ("# Written by `python experiments/tune.py` (docs/baselines.md); read by conf/policy/ "
             "through ${tuned:...}.\n# capacity: req/s at >= attainment of requests meeting the "
-            "SLO, mean over the development seeds.\n")
+            "SLO, mean over the development seeds (ci95: 95% t-interval half-width).\n")
     path.write_text(head + yaml.safe_dump(doc, sort_keys=False, width=100))
     return path
+
+
+def table(profiles: list[str], tuned_dir: Path) -> str:
+    """Markdown: each policy's budget default -> tuned with capacities (req/s, ± 95% CI)."""
+    docs = {p: yaml.safe_load((tuned_dir / f"{p}.yaml").read_text())["policies"]
+            for p in profiles}
+    names = list(dict.fromkeys(n for d in docs.values() for n in d))
+
+    def cell(e: dict[str, Any] | None) -> str:
+        if e is None:
+            return "—"
+        d, t = e["default"], e["tuned"]
+        ci = e.get("capacity_tuned_ci95")
+        tail = f" ± {ci:.2f}" if ci is not None and not math.isnan(ci) else ""
+        dur = e.get("protocol", {}).get("duration_s")
+        extra = [f"{k} {t[k]:g}" for k in AUGSERVE_DEFAULTS if k in t and t[k] != d.get(k)]
+        if t == d:
+            s = f"{d['max_num_batched_tokens']} ({e['capacity_default']:.2f}{tail})"
+        else:
+            moved = [f"{d['max_num_batched_tokens']} → {t['max_num_batched_tokens']}"] + extra
+            s = (f"{', '.join(moved)} ({e['capacity_default']:.2f} → "
+                 f"{e['capacity_tuned']:.2f}{tail})")
+        tier = e.get("augserve_tier")
+        if tier:
+            s += f"; tier {tier['starve_after_s']:g} s / {tier['starve_every_s']:g} s"
+        return s + (f" [{dur:.0f} s]" if dur else "")
+
+    head = "| policy | " + " | ".join(profiles) + " |"
+    rows = [head, "|---" * (len(profiles) + 1) + "|"]
+    for n in names:
+        rows.append(f"| {n} | " + " | ".join(cell(docs[p].get(n)) for p in profiles) + " |")
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -284,7 +402,12 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--quick", action="store_true", help="seeds 0,1; 60 s windows")
     ap.add_argument("--out", default=str(TUNED_DIR))
+    ap.add_argument("--table", action="store_true",
+                    help="print the tuned values of --out as a markdown table; run nothing")
     a = ap.parse_args()
+    if a.table:
+        print(table(a.profiles.split(","), Path(a.out)))
+        return
     seeds = [int(s) for s in a.seeds.split(",")]
     if any(s >= 1000 for s in seeds):
         ap.error("seeds >= 1000 are evaluation seeds; never tune on them")
@@ -299,8 +422,14 @@ def main() -> None:
         unknown = [p for p in pols if p not in POLICIES]
         if unknown:
             ap.error(f"--policies: {unknown[0]!r} is not tuned here; known: {', '.join(POLICIES)}")
-        got = tune_profile(profile, pols, seeds, a.jobs, a.attainment, a.resolution, duration)
-        print(f"wrote {write(profile, got, Path(a.out))}")
+        from augserve.tuned import load_tuned
+
+        out_file = Path(a.out) / f"{profile}.yaml"
+        committed = (load_tuned(profile, a.out) if out_file.is_file()  # what write() merges into
+                     else load_tuned(profile))
+        got = tune_profile(profile, pols, seeds, a.jobs, a.attainment, a.resolution, duration,
+                           committed)
+        print(f"wrote {write(profile, got, Path(a.out), a.resolution)}")
 
 
 if __name__ == "__main__":

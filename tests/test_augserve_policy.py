@@ -64,6 +64,25 @@ def test_value_queue_orders_promotes_and_skips() -> None:
     assert len(q) == 2
 
 
+def test_value_queue_tier_by_key_orders_the_promoted_by_their_current_key() -> None:
+    q = ValueQueue(starve_after=10.0, tier_by_key=True)
+    a, b, c, d = _V("a"), _V("b"), _V("c"), _V("d")
+    q.push(a, key=5.0, entered=0.0)
+    q.push(b, key=1.0, entered=4.0)
+    q.push(c, key=3.0, entered=8.0)
+    q.push(d, key=0.5, entered=9.0)
+    assert [(v.rid, p) for v, p in q.ordered(now=14.5)] == [
+        ("b", True), ("a", True), ("d", False), ("c", False)]
+    q.rekey(b, 9.0)  # a promoted request's new key moves it within the tier
+    assert [v.rid for v, _ in q.ordered(now=14.5)] == ["a", "b", "d", "c"]
+    assert [v.rid for v, _ in q.ordered(now=14.5, max_promoted=1)] == ["a", "d", "c", "b"]
+    q.remove("a")
+    q.push(a, key=0.1, entered=14.5)  # re-entered: waits again before it is promoted
+    assert [(v.rid, p) for v, p in q.ordered(now=15.0)] == [
+        ("b", True), ("a", False), ("d", False), ("c", False)]
+    assert [v.rid for v, p in q.ordered(now=24.5) if p] == ["a", "d", "c", "b"]  # all, by key
+
+
 def _adversarial() -> list[AugRequest]:
     # one long request among a stream of short ones that overloads a 1-slot engine:
     # shorts need 10 steps (0.1 s) and arrive every 0.05 s for 30 s

@@ -54,12 +54,23 @@ def _order(pol, t: float) -> list[str]:
 
 # ------------------------------------------------------------------ InferCept's budget
 def test_infercept_budget_is_the_saturation_of_the_step_time_curve() -> None:
-    # GPT-J-6B/A100 reproduces InferCept's mlimit = 384 (scheduler_v2.py); Llama-3-8B's knee is
-    # (T_floor - a) / b = (9.98 - 5.86) ms / 67 us = 61.5 tokens
+    # GPT-J-6B: a consistency check only. The profile's floor is InferCept's own f_s = a*384 + c
+    # (exps/6B_bench.sh), so the derivation must give back its mlimit = 384; it cannot confirm it
     assert saturation_tokens(load_profile("gptj_6b_a100")) == 384
+    # Llama-3-8B: floor and slope come from separate Vidur measurements (the 8-token step,
+    # 9.98 ms; the fit over 256-4096 tokens, a = 5.86 ms, b = 67 us): (9.98 - 5.86) / 0.067 = 61.5
     assert saturation_tokens(load_profile("llama3_8b_a100")) == 61
     # a curve without a memory-bound floor has no saturation point: vLLM's default
     assert saturation_tokens(load_profile("cpu_tiny_llama")) == 2048
+
+
+def test_the_saturation_point_moves_with_the_curve() -> None:
+    import dataclasses
+
+    p = load_profile("llama3_8b_a100")
+    for floor_ms, want in ((9.98, 61), (12.0, 91), (5.93, 1)):  # (T_floor - a) / b, floored
+        q = dataclasses.replace(p, t_floor_s=floor_ms / 1e3)
+        assert saturation_tokens(q) == want, floor_ms
 
 
 def test_the_infercept_row_reads_the_derived_budget() -> None:
@@ -117,6 +128,29 @@ def test_continuum_dynamic_ttl_cold_start_then_the_cdf() -> None:
     assert pol.on_intercept(_call("d", tool="t", context=1000), state) is KVMode.VLLM
 
 
+def test_continuum_dynamic_ttl_uses_the_measured_queue_delay_and_eta() -> None:
+    pol = ContinuumPolicy("dynamic", record_threshold=0)
+    pol.reset(_info())
+    for d in (0.5, 1.5):
+        pol.on_tool_return(_call("a", tool="t"), d)
+    assert pol.on_intercept(_call("b", tool="t", context=0), _at(0.0)) is KVMode.VLLM  # T = 0
+    # a preempted request waits from 1.0 s to its re-admission at 4.0 s: T = 3.0 s
+    p = _V("p", 0.0, preempted=True, wait_since_s=1.0)
+    pol.on_enqueue(p, _at(1.0))
+    list(pol.candidates(_at(4.0), lambda v: True))
+    pol.on_admit(p)
+    assert pol.queue_delay_s() == 3.0
+    # finished programs of 3 turns and of 1: (turn, turns left) = (0,2) (1,1) (2,0) (0,0),
+    # corr = -1.25 / 2.75, eta = 0.4545; base = T * eta = 1.364 s (context 0: no reload)
+    pol.on_leave(_V("x", 0.0, calls_done=2))
+    pol.on_leave(_V("y", 0.0, calls_done=0))
+    assert pol.eta() == pytest.approx(1.25 / 2.75)
+    # r(0.5) = 0.5 * 1.364 - 0.5 = 0.18 > 0 > r(1.5) = 1.364 - 1.5; with eta = 1 (base 3 s)
+    # it would be 1.5 s
+    assert pol.on_intercept(_call("c", tool="t", context=0), _at(5.0)) == KVDecision(
+        KVMode.PRESERVE, 0.5)
+
+
 def test_continuum_orders_by_program_first_arrival() -> None:
     pol = ContinuumPolicy()
     pol.reset(_info())
@@ -129,10 +163,28 @@ def test_continuum_orders_by_program_first_arrival() -> None:
     assert _order(pol, 2.0) == ["a2", "b1"]  # A arrived first: its turns keep that time
     pol.on_leave(a1)
     pol.on_admit(a2)
-    pol.on_leave(a2)  # program A has left the engine: forgotten
+    pol.on_leave(a2)  # every request of A has left; the released queue still remembers A
     a3 = _V("a3", 3.0, session_id="A")
     pol.on_enqueue(a3, _at(3.0))
-    assert _order(pol, 3.0) == ["b1", "a3"]
+    assert _order(pol, 3.0) == ["a3", "b1"]
+
+
+def test_continuum_forgets_the_earliest_program_past_its_memory(monkeypatch) -> None:
+    import augserve.sched.continuum as mod
+
+    monkeypatch.setattr(mod, "PROGRAM_MEMORY", 2)
+    pol = ContinuumPolicy()
+    pol.reset(_info())
+    # A, B, then A again (seen lately), then C: C's arrival forgets B, the least recently seen
+    for v in (_V("a1", 0.0, session_id="A"), _V("b1", 1.0, session_id="B"),
+              _V("a2", 1.5, session_id="A"), _V("c1", 2.0, session_id="C")):
+        pol.on_enqueue(v, _at(v.arrival_s))
+        pol.on_admit(v)
+        pol.on_leave(v)
+    assert list(pol._program_arrival) == ["A", "C"]
+    for v in (_V("a3", 3.6, session_id="A"), _V("b2", 3.0, session_id="B")):
+        pol.on_enqueue(v, _at(3.6))
+    assert _order(pol, 3.6) == ["a3", "b2"]  # A kept 0.0; B starts over at its 3.0
 
 
 class _Answers(KeyedPolicy):
@@ -165,12 +217,34 @@ def test_memory_pressure_frees_the_pin_with_the_latest_end_first() -> None:
     res = _pressure_run(KVDecision(KVMode.PRESERVE, 30.0), KVDecision(KVMode.PRESERVE, 25.0))
     r0, r1, r2 = res.records
     assert res.stats["pins_reclaimed"] == 1 and res.stats["preemptions"] == 0
-    assert (r0.kv_expired, r1.kv_expired) == (1, 0)
+    assert (r0.kv_reclaimed, r1.kv_reclaimed) == (1, 0)
+    assert r0.kv_expired == r1.kv_expired == 0  # freed before their TTL, not at it
     assert r0.recomputed_tokens > 0 and r1.recomputed_tokens == 0  # r0 resumes as discarded
     assert r2.finished and r2.token_s[-1] < 1.0
     # the other way round, the other pin goes
     res = _pressure_run(KVDecision(KVMode.PRESERVE, 25.0), KVDecision(KVMode.PRESERVE, 30.0))
-    assert (res.records[0].kv_expired, res.records[1].kv_expired) == (0, 1)
+    assert (res.records[0].kv_reclaimed, res.records[1].kv_reclaimed) == (0, 1)
+
+
+def test_a_pin_shorter_than_its_call_is_reclaimed_before_a_plain_preserve() -> None:
+    # r0 pins for 5 s across its 20 s call, r1 preserves without a TTL: only r0's pin may go
+    res = _pressure_run(KVDecision(KVMode.PRESERVE, 5.0), KVMode.PRESERVE)
+    r0, r1, _ = res.records
+    assert res.stats["pins_reclaimed"] == 1 and res.stats["preemptions"] == 0
+    assert (r0.kv_reclaimed, r1.kv_reclaimed) == (1, 0)
+    assert r0.recomputed_tokens > 0 and r1.recomputed_tokens == 0
+
+
+def test_a_pin_shorter_than_its_call_expires_at_its_ttl_without_pressure() -> None:
+    reqs = [AugRequest("r0", 0.0, 20, (Segment(3, ToolCall("t", 20.0, 1)), Segment(2)))]
+    eng = make_sim_engine(constant_step_s=0.01, num_gpu_blocks=100, audit=True)
+    res = eng.run(reqs, _Answers({"r0": KVDecision(KVMode.PRESERVE, 5.0)}))
+    r0 = res.records[0]
+    assert res.stats["pins_reclaimed"] == 0
+    assert (r0.kv_expired, r0.kv_reclaimed) == (1, 0)
+    # freed as vLLM frees: the prefix cache keeps its full block, only the partial one is redone
+    assert r0.finished and r0.prefix_hit_tokens == 16 and 0 < r0.recomputed_tokens < 16
+
 
 
 def test_a_preserve_without_ttl_is_not_reclaimed() -> None:
@@ -222,6 +296,38 @@ def test_ltr_promotes_after_200_unscheduled_steps() -> None:
     assert first(200) == "long"  # 200: promoted ahead of the ranking
 
 
+def test_ltr_promotion_ends_once_the_request_has_run() -> None:
+    # vllm-ltr: at promotion idle = 0 and runs = period; once it has run, pri goes back to 0.
+    # Here a promoted request runs to its call, and its next segment is ranked afresh
+    pol = LTRPolicy(_Pred({"long": 9.0, "short": 1.0}, {}))
+    pol.reset(_info())
+    order = lambda s: [v.rid for v in pol.candidates(_steps(s), lambda v: True)]  # noqa: E731
+    long = _V("long", 0.0)
+    pol.on_enqueue(long, _steps(0))
+    pol.on_enqueue(_V("short", 0.0), _steps(200))
+    assert order(200) == ["long", "short"]  # promoted
+    pol.on_admit(long)
+    pol.on_enqueue(_V("long", 0.0, calls_done=1, generated_tokens=5), _steps(300))  # its call
+    assert order(300) == ["short", "long"]  # demoted: ranked by its score again
+    assert order(499) == ["short", "long"]  # "short" (entered 200) promoted at 400...
+    pol.on_admit(_V("short", 0.0))
+    assert order(500) == ["long"]  # ...and "long" again 200 steps after re-entering
+
+
+def test_ltr_orders_its_promoted_requests_by_score_not_by_wait() -> None:
+    # vllm-ltr sorts by (pri, -aux_model_score): the promoted tier keeps the ranking
+    pol = LTRPolicy(_Pred({"old_long": 9.0, "young_short": 1.0, "new": 0.5}, {}))
+    pol.reset(_info())
+    pol.on_enqueue(_V("old_long", 0.0), _steps(0))
+    pol.on_enqueue(_V("young_short", 0.0), _steps(50))
+    pol.on_enqueue(_V("new", 0.0), _steps(240))
+    order = lambda s: [v.rid for v in pol.candidates(_steps(s), lambda v: True)]  # noqa: E731
+    assert order(249) == ["old_long", "new", "young_short"]  # only old_long promoted
+    assert order(250) == ["young_short", "old_long", "new"]  # both: by score, not by age
+    pol.on_admit(_V("young_short", 0.0))
+    assert order(251) == ["old_long", "new"]
+
+
 def test_lamps_promotes_only_requests_that_have_run() -> None:
     pred = _Pred({}, {"new": 900.0, "resumed": 800.0, "short": 1.0})
     pol = LAMPSPolicy(pred)
@@ -230,8 +336,8 @@ def test_lamps_promotes_only_requests_that_have_run() -> None:
     pol.on_enqueue(_V("resumed", 0.0, calls_done=1, generated_tokens=4), _steps(0))
     pol.on_enqueue(_V("short", 0.0), _steps(50))
     order = lambda s: [v.rid for v in pol.candidates(_steps(s), lambda v: True)]  # noqa: E731
-    assert order(99) == ["short", "resumed", "new"]  # by memory x time
-    assert order(100) == ["resumed", "short", "new"]  # 100 iterations: the resumed one first
+    assert order(100) == ["short", "resumed", "new"]  # by memory x time; 100 is not > 100
+    assert order(101) == ["resumed", "short", "new"]  # 101 > 100 iterations: resumed first
 
 
 # ------------------------------------------------------------------ SLO-aware baselines
@@ -251,8 +357,15 @@ def test_fcfs_slo_orders_like_vllm_or_infercept_and_triages_late_first_tokens() 
     pol.on_enqueue(_V("a", 0.0), _at(0.0))
     pol.on_enqueue(_V("p", 0.1, preempted=True, wait_since_s=0.2), _at(0.2))
     assert _order(pol, 0.3) == ["p", "a"]  # preempted first, as V1's prepend
+    # past their deadlines preempted requests without a first token go behind the on-time
+    # ones too, still ahead of the other late ones (most recently preempted first)
+    pol.on_enqueue(_V("late", 0.0, preempted=True, wait_since_s=1.2), _at(1.2))
+    pol.on_enqueue(_V("fresh", 1.1), _at(1.2))
+    assert _order(pol, 1.3) == ["fresh", "late", "p", "a"]
     with pytest.raises(ValueError, match="needs an SLO with a ttft"):
         FCFSSLOPolicy(slo=None)
+    with pytest.raises(ValueError, match="late_penalty=1e.06 s must exceed 1e.08 s"):
+        FCFSSLOPolicy(slo=SLO, late_penalty=1e6)  # AugServe's 1e6 would not clear preempted
 
 
 def test_edf_orders_by_ttft_or_turn_deadline() -> None:
@@ -301,6 +414,11 @@ def test_the_committed_tuning_is_what_the_configs_read() -> None:
             == tuned["vllm"]["max_num_batched_tokens"])
     for k in ("late_penalty", "starve_after_s", "starve_every_s", "lookahead"):
         assert cfg.policies.augserve[k] == tuned["augserve"][k], k
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("serve", ["policy=[vllm_slo,infercept_slo,edf,hand_rule]"])
+    for p in ("vllm_slo", "infercept_slo", "edf", "hand_rule"):  # AugServe's tier, as tuned
+        for k in ("starve_after_s", "starve_every_s"):
+            assert cfg.policies[p][k] == tuned["augserve"][k], (p, k)
 
 
 def test_vllm_without_prefix_caching_runs_on_its_own_engine(tmp_path) -> None:
@@ -316,3 +434,14 @@ def test_vllm_without_prefix_caching_runs_on_its_own_engine(tmp_path) -> None:
     assert hit["vllm"] > 0 and hit["vllm_nocache"] == 0
     md = (tmp_path / "comparison.md").read_text()
     assert "`vllm_nocache`: vLLM without prefix caching (as InferCept measured)" in md
+
+
+def test_infercept_kv_choice_reads_the_mean_it_stored_for_a_call_without_a_tool_name() -> None:
+    from augserve.sched.kv_choice import MeanToolMinWaste
+
+    m = MeanToolMinWaste(default_tool_s=0.0)
+    v = _V("a", 0.0, context=2000)  # current_tool None: the call's kind is its aug_type
+    assert m.choose(v, _at(0.0)) is KVMode.PRESERVE  # a 0 s call: keeping the KV costs nothing
+    m.observe(v, 1000.0)
+    assert m.estimate("x") == 1000.0
+    assert m.choose(v, _at(0.0)) is not KVMode.PRESERVE  # a 1000 s mean: not held in GPU

@@ -110,7 +110,8 @@ def test_ttl_frees_blocks_that_a_waiting_request_then_gets() -> None:
         rec1 = res.records[1]
         assert rec1.finished
         assert rec1.token_s[0] == pytest.approx(first_r1 + STEP, abs=1e-9)
-        assert res.records[0].kv_expired == (0 if ttl is None else 1)
+        assert res.records[0].kv_reclaimed == (0 if ttl is None else 1)  # before its TTL
+        assert res.records[0].kv_expired == 0
         assert res.stats["pins_reclaimed"] == (0 if ttl is None else 1)
 
 

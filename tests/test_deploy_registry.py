@@ -7,6 +7,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -19,7 +20,10 @@ from augserve.vllm.deploy import HintPredictor, make_policy, policy_factory
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT = str(ROOT / "data" / "predictors" / "lgbm")
 NAMES = sorted(p.stem for p in (ROOT / "conf" / "policy").glob("*.yaml"))
-SERVABLE = [n for n in NAMES if n != "oracle"]
+#: rows that carry engine settings (a deployment sets those as vLLM flags, not per policy)
+ENGINE_ROWS = [n for n in NAMES if "engine" in yaml.safe_load(
+    (ROOT / "conf" / "policy" / f"{n}.yaml").read_text())]
+SERVABLE = [n for n in NAMES if n != "oracle" and n not in ENGINE_ROWS]
 
 
 def _serve_factory(name: str, slo: str):
@@ -144,6 +148,13 @@ def test_nested_targets_are_instantiated_like_hydra(tmp_path, monkeypatch) -> No
     assert type(f.keywords["budget"]) is dict
     p = f()
     assert (p.budget_rule.b_min, p.budget_rule.b_max, p.ttft_s) == (16, 64, 0.1)
+
+
+def test_a_row_with_engine_settings_is_refused_with_the_flag_to_use() -> None:
+    assert ENGINE_ROWS == ["vllm_nocache"]
+    with pytest.raises(ValueError, match=r"vllm_nocache.*enable_prefix_caching.*"
+                                         r"--no-enable-prefix-caching"):
+        make_policy({"policy": "vllm_nocache"}, 512)
 
 
 def test_an_interpolation_a_deployment_lacks_is_a_clear_error(tmp_path, monkeypatch) -> None:

@@ -107,7 +107,6 @@ class ToolKV:
         self.paused_blocks -= r.blocks - r.shared
         self._free(r)
         r.mode = KVMode.DISCARD
-        r.rec.kv_expired += 1
 
     def expire_due(self, now_s: float) -> list[Any]:
         """Free the pinned KV whose time-to-live ended by ``now_s`` (a TTL shorter than its
@@ -116,6 +115,7 @@ class ToolKV:
         while (t := self.next_expiry_s()) is not None and t <= now_s:
             _, _, r = heapq.heappop(self.expiry)
             self._unpin(r)
+            r.rec.kv_expired += 1
             done.append(r)
         return done
 
@@ -126,6 +126,7 @@ class ToolKV:
             return None
         r = max(self.pins, key=lambda q: (self.pins[q], q.seq))
         self._unpin(r)
+        r.rec.kv_reclaimed += 1
         self.stats["pins_reclaimed"] += 1
         return r
 

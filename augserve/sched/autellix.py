@@ -47,8 +47,9 @@ public code that has them, MARS_preview's ``autellix`` mode (github Afterglow231
 * KV at a tool call: ``KVMode.VLLM``; MARS's autellix mode frees the call's KV when the call
   ends (``_free_blocks``; TTL pinning is only for continuum/infercept) and the prefix cache may
   keep it.
-* ``max_num_batched_tokens=2048``: static budget, vLLM V1's OpenAI-server default on an A100
-  (vLLM 0.32 ``EngineArgs.get_batch_defaults``, vllm/engine/arg_utils.py), which MARS runs on.
+* ``max_num_batched_tokens=2048``: the default static budget, vLLM V1's OpenAI-server default
+  on an A100 (vLLM 0.32 ``EngineArgs.get_batch_defaults``, vllm/engine/arg_utils.py), which
+  MARS runs on; the ``autellix`` row runs at the budget tuned per profile (``data/tuned/``).
 
 Units: where paper and code differ we follow MARS's constants (the paper has none) and the
 paper's units where MARS counts what this contract cannot observe.

@@ -32,28 +32,32 @@ prefix cache may keep it). Two TTL rules, both as released:
   exist in all; then the tool's own samples once it has more than 100, else all pooled.
 
 **Order** (``ContinuumRequestQueue.peek_request``): waiting requests by their program's first
-arrival (every turn keeps its program's first-turn time), ties in arrival order. Its first
+arrival (every turn keeps its program's first-turn time, ``job_id_first_entry_time``, which the
+released queue never clears: a program that comes back after all its turns left keeps its
+place), ties in arrival order. The map here is bounded: past ``PROGRAM_MEMORY`` programs the
+one seen least recently is forgotten (a long-running server cannot grow it without end). Its first
 pass (turns of programs holding a pin first) is the engine's: a pinned request whose tool
 returns rejoins the running set ahead of the policy's queue (vLLM's requests that hold KV).
-Static budget (vLLM V1's A100 server default, 2048).
+Static budget: 2048 by default (vLLM V1's A100 server default); the ``continuum`` rows run at
+the budget tuned per profile (``data/tuned/``, ``experiments/tune.py``).
 
-**Differences from the released code, and why.** (1) A tool's time samples here are the
-tool's duration; the released code measures the whole gap between a turn's finish and the next
-turn's arrival (client and network time included), which a simulated client does not have.
-(2) Under memory pressure the engine frees pins before it preempts any running request (the
-issue's and the paper's rule); the released scheduler frees a pin only when at most one
-request runs and otherwise preempts the running request of the latest program. (3) The
-released code holds a pin past its TTL while the program's next turn waits; here a turn's next
-segment begins when its tool returns, so it never waits while its pin lives. (4) The tool name
-is the call's kind (``view.current_tool``), not parsed from the output text. The live vLLM
-engine plays every call in ``vllm`` mode (no pin: stock vLLM has no TTL hook).
-"""
+**Differences from the released code, and why.** (1) A tool's time samples here are the tool's
+duration; the released code measures the whole gap between a turn's finish and the next turn's
+arrival (client and network time included), which a simulated client does not have. (2) Under
+memory pressure the engine frees pins before it preempts any running request (our rule, as the
+issue states it; without the paper's body we could not check it there); the released scheduler
+frees a pin only when at most one request runs and otherwise preempts the running request of the
+latest program. (3) The released code holds a pin past its TTL while the program's next turn
+waits; here a turn's next segment begins when its tool returns, so it never waits while its pin
+lives. (4) The tool name is the call's kind (``view.current_tool``), not parsed from the output
+text. The live vLLM engine plays every call in ``vllm`` mode (no pin: stock vLLM has no TTL
+hook)."""
 
 from __future__ import annotations
 
 import bisect
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 
 from augserve.contract import EngineInfo, EngineState, KVDecision, KVMode, RequestView
@@ -64,6 +68,7 @@ MIN_PIN_S = 0.01  # length_of_pin > 0.01 (M scheduler.py _free_blocks)
 RECORD_THRESHOLD_K = 100  # record_threshold_k (M calc_ttl_continuum_dynamic)
 RELOAD_S_PER_TOKEN = 2e-4  # estimate_prefill_reload_s default (M)
 QUEUE_DELAY_SAMPLES = 200  # deque(maxlen=200) of preemption waits (M scheduler.py)
+PROGRAM_MEMORY = 65536  # programs whose first arrival is remembered (ours: the released map grows)
 
 
 class _Corr:
@@ -119,8 +124,7 @@ class ContinuumPolicy(KeyedPolicy):
 
     def reset(self, info: EngineInfo) -> None:
         super().reset(info)
-        self._program_arrival: dict[str, float] = {}
-        self._members: dict[str, int] = {}  # program -> its requests in the engine
+        self._program_arrival: OrderedDict[str, float] = OrderedDict()
         self._sum: dict[str, float] = {}  # tool -> sum of its durations (s)
         self._count: dict[str, int] = {}  # tool -> its samples
         self._samples: dict[str, list[float]] = {}  # tool -> sorted durations (dynamic)
@@ -138,9 +142,12 @@ class ContinuumPolicy(KeyedPolicy):
     def on_enqueue(self, view: RequestView, state: EngineState) -> None:
         self._now = state.now_s
         sid = view.session_id
-        if view.rid not in self._first_seen:  # a new request of its program
-            self._program_arrival.setdefault(sid, view.arrival_s)
-            self._members[sid] = self._members.get(sid, 0) + 1
+        if sid in self._program_arrival:
+            self._program_arrival.move_to_end(sid)  # seen lately: forgotten last
+        else:
+            self._program_arrival[sid] = view.arrival_s
+            if len(self._program_arrival) > PROGRAM_MEMORY:  # queued keys are already fixed
+                self._program_arrival.popitem(last=False)
         if view.preempted:
             self._preempted_at[view.rid] = view.wait_since_s
         super().on_enqueue(view, state)
@@ -161,13 +168,6 @@ class ContinuumPolicy(KeyedPolicy):
         for i in range(turns):
             self._turns.add(float(i), float(turns - 1 - i))
         self._preempted_at.pop(view.rid, None)
-        sid = view.session_id
-        left = self._members.get(sid, 1) - 1
-        if left <= 0:
-            self._members.pop(sid, None)
-            self._program_arrival.pop(sid, None)
-        else:
-            self._members[sid] = left
         super().on_leave(view)
 
     def token_budget(self, state: EngineState) -> int:

@@ -10,7 +10,8 @@ on top of its value (:mod:`augserve.sched.augserve`), applied to a first-come-fi
   ``late_penalty`` seconds behind (:class:`~augserve.sched.deadline.TTFTTriage`; 1e9 s is
   behind any arrival time);
 * **starvation tier** — after ``starve_after_s`` in the queue a request joins a FIFO tier that
-  gets one admission every ``starve_every_s`` (AugServe's defaults, 15 s and 1 s;
+  gets one admission every ``starve_every_s`` (the configs give AugServe's values, tuned or
+  its defaults 15 s and 1 s;
   :mod:`augserve.sched.value_queue` proves the bound);
 * **KV at a call** — ``kv: vllm`` (the request ends at the call) or ``kv: infercept``
   (min-waste on the mean observed tool time, :mod:`augserve.sched.kv_choice`).
@@ -30,8 +31,9 @@ from augserve.sched.kv_choice import MeanToolMinWaste
 from augserve.sched.queue_policy import ValueQueuePolicy
 from augserve.slo import SLOSpec
 
-#: key of a preempted request: before every other (seconds; arrival times are far above it)
-PREEMPTED_KEY = -1e12
+#: key of a preempted request: before every on-time one (seconds; run clocks start at 0 and
+#: stay below 1e8 s), yet a late first token still goes behind them (``late_penalty`` 1e9 s)
+PREEMPTED_KEY = -1e8
 
 
 class FCFSSLOPolicy(ValueQueuePolicy):
@@ -57,6 +59,10 @@ class FCFSSLOPolicy(ValueQueuePolicy):
             raise ValueError(f"kv={kv!r}: expected 'vllm' or 'infercept'")
         if max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens={max_num_batched_tokens} must be >= 1")
+        if late_penalty <= -PREEMPTED_KEY:
+            raise ValueError(f"late_penalty={late_penalty:g} s must exceed {-PREEMPTED_KEY:g} s: "
+                             "a late first token goes behind every on-time request, preempted "
+                             "ones included")
         self.order = order
         self.budget = int(max_num_batched_tokens)
         self.kv = MeanToolMinWaste(default_tool_s) if kv == "infercept" else None

@@ -41,6 +41,6 @@ class MeanToolMinWaste:
     def choose(self, view: RequestView, state: EngineState) -> KVMode:
         if len(self.modes) == 1:
             return self.modes[0]
-        w = min_waste(view.context_tokens, self.estimate(view.current_tool), state)
+        w = min_waste(view.context_tokens, self.estimate(view.current_tool or view.aug_type), state)
         best = {KVMode.PRESERVE: w.preserve, KVMode.DISCARD: w.discard, KVMode.SWAP: w.swap}
         return min(self.modes, key=lambda m: (best[m], self.modes.index(m)))

@@ -2,20 +2,19 @@
 Models"): rank by predicted memory × time, including the KV-mode choice.
 
 Source: the released code, ``mars-repository/mars-codebase`` (a fork of InferCept;
-``vllm/core/scheduler.py`` and ``policy.py``). A request's score is the KV memory it will
-occupy over the rest of its life, in token·iterations: decoding ``out`` more tokens on a
-context of ``C`` holds about ``out · (C + out/2)``; each expected tool call adds the min-waste
-mode's waste (token·seconds converted to token·iterations with the step time). Lower score
-first. Starvation prevention as its run script sets it (``--starvation-threshold 100
---starvation-quantum 100000``): a request that has already run once (resumed after a call, or
-preempted) and has waited ``starve_after_steps`` = 100 scheduler iterations is promoted ahead of
-the ranking; a quantum of 100000 iterations makes the promotion last until it is admitted. New
-requests are never promoted (the counter only runs for requests that have run). Static budget
-(the released code inherits vLLM's); KV mode at a call by min-waste on the predicted tool time
-(the released code chooses once, when the segment arrives, on the same waste terms; the
-predictor here is the Stage I artifact, the released code's an OPT-125M classifier or the true
-values).
-"""
+``vllm/core/scheduler.py`` and ``policy.py``). A request's score is the KV memory it will occupy
+over the rest of its life, in token·iterations: decoding ``out`` more tokens on a context of
+``C`` holds about ``out · (C + out/2)``; each expected tool call adds the min-waste mode's waste
+(token·seconds converted to token·iterations with the step time). Lower score first. Starvation
+prevention as its run script sets it (``--starvation-threshold 100 --starvation-quantum
+100000``): a request that has already run once (resumed after a call, or preempted) and has
+waited more than ``starve_after_steps`` = 100 scheduler iterations (its counter *exceeds* the
+threshold) is promoted ahead of the ranking; a quantum of 100000 iterations makes the promotion
+last until it is admitted. New requests are never promoted (the counter only runs for requests
+that have run). Static budget (the released code inherits vLLM's); KV mode at a call by
+min-waste on the predicted tool time (the released code chooses once, when the segment arrives,
+on the same waste terms; the predictor here is the Stage I artifact, the released code's an
+OPT-125M classifier or the true values)."""
 
 from __future__ import annotations
 
@@ -41,7 +40,8 @@ class LAMPSPolicy(ValueQueuePolicy):
         if max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens={max_num_batched_tokens} must be >= 1")
         self.budget = int(max_num_batched_tokens)
-        super().__init__(None if starve_after_steps is None else float(starve_after_steps))
+        # promoted once the wait counter exceeds the threshold: after threshold + 1 steps
+        super().__init__(None if starve_after_steps is None else float(starve_after_steps) + 1)
 
     def starves(self, view: RequestView) -> bool:
         return view.calls_done > 0 or view.preempted  # it has run once

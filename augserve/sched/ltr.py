@@ -4,15 +4,18 @@ shortest predicted *rank* first, with its starvation control.
 Source: ``hao-ai-lab/vllm-ltr``, ``vllm/core/scheduler.py``. Requests are ranked once, from the
 prompt, by a ranking model (there OPT-125M trained with ListMLE; here the Stage I artifact's
 LightGBM ``lambdarank`` model, ``Prediction.rank_score`` of :meth:`Predictor.predict`, higher =
-longer): lower score first. Starvation control as in its fairness scripts
-(``fair-*.sh``: schedule type ``...-starv200-period10``): a request left out of the batch for
-``starve_after_steps`` = 200 consecutive iterations is promoted ahead of the ranking (FIFO among
-the promoted); there it stays for ``period`` = 10 iterations in which it is scheduled. Here an
-admitted request runs until its call or its end (policies cannot preempt a running request,
-while LTR re-sorts and preempts every iteration), so a promotion lasts until admission and the
-period is not modelled. LTR's main benchmarks run without the starvation control; the row keeps
-it, as the issue asks, since without it LTR starves long requests indefinitely. Static budget;
-KV mode: vLLM's (the request ends at the call), as LTR runs on vLLM.
+longer): lower score first. Starvation control as in its fairness scripts (``fair-*.sh``:
+schedule type ``...-starv200-period10``): a request left out of the batch for
+``starve_after_steps`` = 200 consecutive iterations is promoted ahead of the ranking; the
+promoted are ordered by the same score (``sorted(..., key=(req.pri, -req.aux_model_score))``,
+``Scheduler._get_opt_ordered_requests`` in ``scheduler.py``); there it stays for ``period`` = 10
+iterations in which it is scheduled. Here an admitted request runs until its call or its end
+(policies cannot preempt a running request, while LTR re-sorts and preempts every iteration), so
+a promotion lasts until admission and the period is not modelled. LTR's main benchmarks run
+without the starvation control; the row keeps it, as the issue asks. It does not bound a wait:
+the promoted are ranked too, so under sustained overload later-promoted shorter requests can
+pass a long one without end, as in vllm-ltr. Static budget; KV mode: vLLM's (the request ends at
+the call), as LTR runs on vLLM.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ PERIOD_STEPS = 10  # period10: iterations a promoted request keeps priority (not
 class LTRPolicy(ValueQueuePolicy):
     name = "ltr"
     clock_unit = "steps"
+    tier_by_key = True
 
     def __init__(self, predictor: Predictor | None = None, max_num_batched_tokens: int = 2048,
                  starve_after_steps: int | None = STARVE_AFTER_STEPS,

@@ -39,6 +39,8 @@ class ValueQueuePolicy(Policy):
     clock_unit: str = "s"
     #: TTFT-deadline re-keying (None: the policy does not know the SLO)
     triage: TTFTTriage | None = None
+    #: the starvation tier ordered by value instead of FIFO (vLLM-LTR)
+    tier_by_key: bool = False
 
     def __init__(self, starve_after: float | None, age_weight: float = 0.0,
                  lookahead: int = 0, starve_every: float = 0.0) -> None:
@@ -51,7 +53,7 @@ class ValueQueuePolicy(Policy):
         self._reset_queue()
 
     def _reset_queue(self) -> None:
-        self.queue = ValueQueue(self.starve_after)
+        self.queue = ValueQueue(self.starve_after, self.tier_by_key)
         self._pending: list[tuple[RequestView, float]] = []
         self._waiting: set[str] = set()  # rids in the queue (valued or pending)
         self._tier_offer: str | None = None  # rid offered on this step's tier turn

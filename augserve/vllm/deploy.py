@@ -168,8 +168,14 @@ def _from_registry(name: str, path: Path, cfg: Mapping[str, Any]) -> functools.p
     from omegaconf.errors import InterpolationResolutionError
 
     node = OmegaConf.load(path)
-    for meta in ("label", "engine"):  # a table row's settings (augserve.serving), not arguments
-        node.pop(meta, None)
+    node.pop("label", None)  # a table row's name (augserve.serving), not an argument
+    if node.get("engine"):  # the row's engine settings: vLLM's flags, which a policy cannot set
+        raise ValueError(
+            f"policy {name!r}: {path} sets engine settings "
+            f"{OmegaConf.to_container(node.engine)}, which a deployment cannot take from its "
+            "policy; start vLLM with the matching flags (enable_prefix_caching: false is "
+            "--no-enable-prefix-caching) and deploy the policy those settings go with")
+    node.pop("engine", None)
     target = node.get("_target_")
     if not target:
         raise ValueError(f"policy {name!r}: {path} has no _target_")
