@@ -10,25 +10,35 @@ at least 1 token). So the context grows over the session exactly as the rows' pr
 engine keeps (or drops) the KV across a human turn as it does across any call.
 
 Only conversations whose prompts grow by extension (each turn's prompt text starts with the one
-before) are sessions: ToolTalk's 62 multi-turn conversations are. BFCL's converted rows are
-single-turn categories and API-Bank's rows are not prefix-extending; those sources are refused
-until their converters emit turns (``skipped``).
+before) are sessions: ToolTalk's 62 multi-turn conversations are. Other sources are refused for
+now: BFCL's multi-turn rows share one group across the four ``multi_turn_*`` variants (so their
+prompts do not extend each other) and record no call results; API-Bank's groups are tool sets,
+not dialogues.
 
-**Human think time**: drawn from the human think times recorded in InferCept's mixture
-(``infercept_mix/merged_exp_uniform.json``, Chatbot requests, whose ``api_time`` is the human
-think time, capped at 60 s by its authors; ``SOURCE.md``), through the quantiles shipped in
-``data/augmix.yaml`` (``components.chatbot.tool_time_s``; median 20.8 s), linearly interpolated.
-Tool latency: :class:`~predictors.workload.ToolTimeModel` (ToolTalk's APIs are ``web_api``).
+**Human think time** is InferCept's own rule, recovered from its mixture: every one of the 225
+Chatbot calls of ``infercept_mix/merged_exp_uniform.json`` has ``api_time = min(60, 60·words(
+completion)/700 + 60·words(next user message)/35)`` s (reading at 700 words/min, typing at 35,
+capped at 60 s; ``SOURCE.md`` calls it the human think time; a test checks the rule on that
+file). Here it is applied to ToolTalk's own text: the assistant's reply of the turn (read) and
+the user's next message (typed). Tool latency: :class:`~predictors.workload.ToolTimeModel`
+(ToolTalk's APIs are ``web_api``).
+
+**What a predictor sees**: the request's ``prompt_text`` is the first turn's (arrival
+information: nothing later is known then), and the Stage I artifact was trained on single turns,
+so its arrival predictions are far below a session's totals (on the held-out sessions, median
+67 predicted vs 339 actual output tokens, 1 vs 7 calls). Predictors have no feature for the kind
+of the call being made, so a ``human`` call is valued like an API call at arrival; policies that
+keep per-kind running means of tool time (``kind_means``) learn it online.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
-import yaml
 
 from augserve.request import AugRequest, Segment, ToolCall
 from augserve.workload import make_arrivals
@@ -41,27 +51,38 @@ from predictors.workload import LengthPools, ToolTimeModel, _converted, rows_to_
 
 HUMAN = "human"  # the tool kind of a user's turn
 SESSION_SOURCES = ("tooltalk",)  # converters whose rows are the turns of a conversation
-AUGMIX = Path(__file__).resolve().parents[1] / "data" / "augmix.yaml"
 
 
 class ThinkTime:
-    """Human think time (s): inverse-CDF draws from shipped quantiles (see the module)."""
+    """InferCept's human think time (s): reading the reply, typing the next message."""
 
-    def __init__(self, levels: Sequence[float], values: Sequence[float]) -> None:
-        lv, vs = np.asarray(levels, float), np.asarray(values, float)
-        if lv.shape != vs.shape or len(lv) < 2 or np.any(np.diff(lv) < 0) or np.any(
-                np.diff(vs) < 0) or lv[0] != 0.0 or lv[-1] != 1.0 or vs[0] < 0:
-            raise ValueError("think-time quantiles must be non-decreasing levels 0..1 and "
-                             "non-negative, non-decreasing values of the same length")
-        self.levels, self.values = lv, vs
+    def __init__(self, read_wpm: float = 700.0, type_wpm: float = 35.0,
+                 cap_s: float = 60.0) -> None:
+        if not (read_wpm > 0 and type_wpm > 0 and cap_s >= 0):
+            raise ValueError("read_wpm and type_wpm must be > 0 and cap_s >= 0")
+        self.read_wpm, self.type_wpm, self.cap_s = float(read_wpm), float(type_wpm), float(cap_s)
 
-    @classmethod
-    def infercept_chatbot(cls, path: str | Path = AUGMIX) -> ThinkTime:
-        doc = yaml.safe_load(Path(path).read_text())
-        return cls(doc["quantile_levels"], doc["components"]["chatbot"]["tool_time_s"])
+    def seconds(self, read: str, typed: str) -> float:
+        return min(self.cap_s, 60.0 * len(read.split()) / self.read_wpm
+                   + 60.0 * len(typed.split()) / self.type_wpm)
 
-    def draw(self, rng: np.random.Generator) -> float:
-        return float(np.interp(rng.random(), self.levels, self.values))
+
+_ROLE = re.compile(r"^(user|assistant call|tool result|assistant): ", re.MULTILINE)
+
+
+def between_turns(before: str, after: str) -> tuple[str, str]:
+    """(the assistant's reply, the user's next message) in the transcript ``after`` adds to
+    ``before`` (ToolTalk's rendering, :mod:`predictors.data.tooltalk`)."""
+    added = after[len(before):]
+    marks = list(_ROLE.finditer(added))
+    reply, typed = [], []
+    for m, nxt in zip(marks, [*marks[1:], None], strict=True):
+        text = added[m.end(): nxt.start() if nxt else len(added)].strip()
+        if m.group(1) == "assistant":
+            reply.append(text)
+        elif m.group(1) == "user":
+            typed.append(text)
+    return " ".join(reply), " ".join(typed)
 
 
 def _context_end(script: AugRequest) -> int:
@@ -106,10 +127,18 @@ def session_script(turns: Sequence[AugRequest], think_s: Sequence[float],
             ctx += gain
         segs.extend(body)
     meta = dict(first.metadata)
-    meta.update(turns=len(turns), script_rid=f"session:{first.metadata['group']}",
-                human_return_tokens=tuple(grown),
-                turn_rids=tuple(t.metadata["script_rid"] for t in turns))
-    return AugRequest(rid=f"session:{first.metadata['group']}", arrival_s=0.0,
+    rid = f"session:{first.metadata['source']}:{first.metadata['group']}"
+    classes: list[str] = []
+    filled: dict[str, str] = {}
+    for k, t in enumerate(turns):
+        classes.extend(t.metadata["tool_classes"])
+        filled.update(t.metadata["filled"])
+        if k + 1 < len(turns):
+            classes.append(HUMAN)
+    meta.update(turns=len(turns), script_rid=rid, human_return_tokens=tuple(grown),
+                turn_rids=tuple(t.metadata["script_rid"] for t in turns),
+                tool_classes=tuple(classes), filled=filled)
+    return AugRequest(rid=rid, arrival_s=0.0,
                       prompt_tokens=first.prompt_tokens, segments=tuple(segs),
                       aug_type=first.aug_type, prompt_text=first.prompt_text,
                       metadata=MappingProxyType(meta), prefix=first.prefix)
@@ -118,11 +147,12 @@ def session_script(turns: Sequence[AugRequest], think_s: Sequence[float],
 class ChatSource(ScriptSource):
     """Conversations of ``sources`` as sessions, drawn uniformly with replacement.
 
-    Built once with ``np.random.default_rng(seed)`` (fills, tool and think times fixed per
-    session). A conversation with any row a predictor artifact was fit on (``holdout``) is left
-    out (``held_back``); the split keeps a conversation's rows together, so it is all or none.
-    Conversations whose prompt does not fit ``max_model_len`` at some turn are left out
-    (``dropped``).
+    Built once with ``np.random.default_rng(seed)`` (fills and tool times fixed per session;
+    think times follow from the text). A conversation with any row a predictor artifact was fit
+    on (``holdout``) is left out (``held_back``; with the shipped artifact 47 of 62, leaving
+    15); the artifact's split is by group (a conversation), so a partly held-out conversation
+    would be a split that broke that rule: they are counted in ``partly_held``. Conversations
+    whose prompt does not fit ``max_model_len`` at some turn are left out (``dropped``).
     """
 
     def __init__(self, sources: Sequence[str] | str = SESSION_SOURCES,
@@ -137,28 +167,31 @@ class ChatSource(ScriptSource):
                              f"{', '.join(SESSION_SOURCES)} (the converters whose rows are "
                              "the turns of a conversation)")
         tool_time = ToolTimeModel() if tool_time is None else tool_time
-        think = ThinkTime.infercept_chatbot() if think is None else think
+        think = ThinkTime() if think is None else think
         root = str(Path(data_dir).resolve())
         rows = [r for n in names for r in _converted(n, root)[0]]
         pools = LengthPools.from_rows(rows)
         convs, self.skipped = conversations(rows)
         rng = np.random.default_rng(seed)
-        self.held_back = self.dropped = 0
+        self.held_back = self.dropped = self.partly_held = 0
         self.single_turn = 0
         self.pool: list[AugRequest] = []
         for turns in convs:
             if len(turns) < 2:
                 self.single_turn += 1
                 continue
-            if not all(usable(r.source, r.rid, holdout) for r in turns):
+            ok = [usable(r.source, r.rid, holdout) for r in turns]
+            if not all(ok):
                 self.held_back += 1
+                self.partly_held += any(ok)
                 continue
             if max_model_len is not None and (turns[-1].prompt_tokens
                                               + turns[-1].tools_schema_tokens >= max_model_len):
                 self.dropped += 1
                 continue
             scripts = rows_to_requests(turns, tool_time, rng, pools=pools)
-            think_s = [think.draw(rng) for _ in turns[1:]]
+            think_s = [think.seconds(*between_turns(a.prompt_text, b.prompt_text))
+                       for a, b in zip(turns, turns[1:], strict=False)]
             nxt = [s.prompt_tokens for s in scripts[1:]]
             self.pool.append(session_script(scripts, think_s, nxt))
         if not self.pool:

@@ -3,17 +3,23 @@ human turns are calls, training conversations are left out, bad input is refused
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import yaml
 
 from augserve.workload.errors import WorkloadError
 from augserve.workload.holdout import load_holdout
-from predictors.chat import HUMAN, ChatSource, ThinkTime, conversations
+from predictors.chat import (
+    HUMAN,
+    ChatSource,
+    ThinkTime,
+    between_turns,
+    conversations,
+    session_script,
+)
 from predictors.data import load_source
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,27 +73,56 @@ def test_the_context_at_each_turn_is_that_turns_prompt(source, rows) -> None:
         assert len(gains) == k and min(gains) >= 1
 
 
-def test_think_times_follow_infercepts_recorded_human_think_times(source) -> None:
-    q = yaml.safe_load((ROOT / "data" / "augmix.yaml").read_text())
-    recorded = q["components"]["chatbot"]["tool_time_s"]
-    t = np.array([seg.call.duration_s for s in source.pool for seg in s.segments
-                  if seg.call is not None and seg.call.kind == HUMAN])
-    assert len(t) == 230 - 16 - 62 and t.min() >= recorded[0] and t.max() <= recorded[-1] == 60.0
-    # a larger sample against the recorded median (20.8 s) and 90th percentile (52.1 s)
-    draws = np.array([ThinkTime.infercept_chatbot().draw(np.random.default_rng(i))
-                      for i in range(4000)])
-    assert abs(np.median(draws) - recorded[q["quantile_levels"].index(0.5)]) < 1.5
-    assert abs(np.quantile(draws, 0.9) - recorded[q["quantile_levels"].index(0.9)]) < 2.5
-    with pytest.raises(ValueError, match="non-decreasing"):
-        ThinkTime([0.0, 1.0], [5.0, 1.0])
+def test_think_time_is_infercepts_rule_which_reproduces_its_mixture() -> None:
+    path = DATA / "infercept_mix" / "merged_exp_uniform.json"
+    if not path.is_file():
+        pytest.skip(f"real data absent: {path}")
+    rule = ThinkTime()
+    calls = [s for k, v in json.loads(path.read_text()).items() if k.isdigit() for s in v
+             if s.get("api_token") is not None and "api_time" in s]  # Chatbot: integer keys
+    assert len(calls) == 225
+    err = [abs(rule.seconds(s["completion"], s["api_token"]) - s["api_time"]) for s in calls]
+    assert max(err) < 1e-9
+    with pytest.raises(ValueError, match="must be > 0"):
+        ThinkTime(read_wpm=0)
+
+
+def test_a_sessions_think_time_reads_the_reply_and_types_the_next_message(source, rows) -> None:
+    s = next(p for p in source.pool if p.rid.endswith("01874a95-d7de-48bc-b7a9-ffb1e26aa130"))
+    a, b = (rows[r].prompt_text for r in s.metadata["turn_rids"][:2])
+    assert between_turns(a, b) == ("I'm sorry to hear that. What is your username?",
+                                   "It's mstein")
+    first_human = next(g.call for g in s.segments if g.call is not None)
+    assert first_human.kind == HUMAN
+    assert first_human.duration_s == pytest.approx(60 * 9 / 700 + 60 * 2 / 35)
+    t = [g.call.duration_s for p in source.pool for g in p.segments
+         if g.call is not None and g.call.kind == HUMAN]
+    assert len(t) == 230 - 16 - 62 and max(t) == 60.0  # one per turn boundary; capped
+
+
+def test_a_human_turn_returns_at_least_one_token() -> None:
+    from augserve.request import AugRequest, Segment
+
+    turn = lambda rid, p: AugRequest(rid, 0.0, p, (Segment(5),), metadata={  # noqa: E731
+        "source": "s", "group": "g", "script_rid": rid, "tool_classes": (), "filled": {}})
+    s = session_script([turn("a", 10), turn("b", 12)], [1.0], [12])  # 10 + 5 > 12
+    assert s.segments[0].call.return_tokens == 1 and s.metadata["human_return_tokens"] == (1,)
+    s = session_script([turn("a", 10), turn("b", 40)], [1.0], [40])
+    assert s.segments[0].call.return_tokens == 25 and s.rid == "session:s:g"
 
 
 def test_conversations_a_predictor_was_fit_on_are_left_out(rows) -> None:
     held = load_holdout(ARTIFACT)
     src = ChatSource(data_dir=DATA, holdout=held)
-    assert src.held_back + len(src.pool) == 62 and len(src.pool) >= 1
+    assert (len(src.pool), src.held_back, src.partly_held) == (15, 47, 0)  # split by group
     for s in src.pool:
         assert all(rid in held["tooltalk"] for rid in s.metadata["turn_rids"])
+    # a holdout that misses one row of a conversation leaves the whole conversation out
+    keep = src.pool[0].metadata["turn_rids"]
+    partial = {"tooltalk": frozenset(set(held["tooltalk"]) - {keep[-1]})}
+    src2 = ChatSource(data_dir=DATA, holdout=partial)
+    assert (len(src2.pool), src2.partly_held) == (14, 1)
+    assert src.pool[0].rid not in {s.rid for s in src2.pool}
 
 
 def test_sources_without_turns_and_malformed_files_are_refused(tmp_path) -> None:
