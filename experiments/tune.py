@@ -279,7 +279,7 @@ def finish(entry: dict[str, Any], res: float) -> dict[str, Any]:
     b = select(grid, d, res)
     if "constants" not in entry:  # AugServe's tuned entry is set by its constants pass
         was = (entry.get("tuned") or {}).get("max_num_batched_tokens")
-        entry["tuned"] = {**entry["default"], **budget_overrides_like(entry["default"], b)}
+        entry["tuned"] = {**entry["default"], "max_num_batched_tokens": b}
         entry["capacity_tuned"] = round(grid[b], 3)
         if b in cis:
             entry["capacity_tuned_ci95"] = round(cis[b], 3)
@@ -290,14 +290,6 @@ def finish(entry: dict[str, Any], res: float) -> dict[str, Any]:
         entry["capacity_default_ci95"] = round(cis[d], 3)
     entry.pop("_per_seed", None)
     return entry
-
-
-def budget_overrides_like(default: dict[str, Any], budget: int) -> dict[str, Any]:
-    """``default``'s budget keys set to ``budget`` (AugServe's b_base/b_max follow it)."""
-    out: dict[str, Any] = {"max_num_batched_tokens": budget}
-    if "b_base" in default:
-        out.update(b_base=budget, b_max=max(budget, 4096))
-    return out
 
 
 def tune_profile(profile: str, policies: list[str], seeds: list[int], n_procs: int,

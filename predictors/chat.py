@@ -85,12 +85,6 @@ def between_turns(before: str, after: str) -> tuple[str, str]:
     return " ".join(reply), " ".join(typed)
 
 
-def _context_end(script: AugRequest) -> int:
-    """Context (tokens) when ``script``'s last segment ends."""
-    return script.prompt_tokens + sum(s.gen_tokens + (s.call.return_tokens if s.call else 0)
-                                      for s in script.segments)
-
-
 def conversations(rows: Sequence[ToolUseRow]) -> tuple[list[list[ToolUseRow]], int]:
     """The rows' conversations in turn order, and how many groups are not one (their prompts
     do not extend each other)."""
