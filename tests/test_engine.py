@@ -296,6 +296,45 @@ def test_zero_length_call_in_swap_mode_frees_swap_space() -> None:
     assert all(r.kv_modes == ["swap"] for r in res.records)  # never fell back to discard
 
 
+def test_partly_swapped_waiting_requests_do_not_deadlock_the_head() -> None:
+    # 30 blocks; a and b (160-token prompts, 11 blocks each) call a 20 ms tool at .01 in swap
+    # mode over a PCIe that copies one block per 8 ms: a gets 2 blocks out before its call
+    # returns (the copy stops there), b none, so b runs on as if preserved and finishes at .04.
+    # c (400 tokens, 25 blocks) arrived at .015 and heads the FCFS queue, but a waits holding
+    # 9 GPU blocks, so with nothing running c could never fit and nothing would free them.
+    # The engine drops a's partial KV (a preemption: a recomputes its 160 tokens) and admits c.
+    reqs = [AugRequest("a", 0.0, 160, (Segment(1, ToolCall("t", 0.02, 2)), Segment(1))),
+            AugRequest("b", 0.0, 160, (Segment(1, ToolCall("t", 0.02, 2)), Segment(1))),
+            AugRequest("c", 0.015, 400, (Segment(1),))]
+    eng = engine(num_gpu_blocks=30)
+    eng.swap_bytes_per_s = 2 * 2**20 / 0.008
+    res = eng.run(reqs, FixedMode(KVMode.SWAP))
+    a, b, c = res.records
+    assert all(r.finished for r in res.records)
+    np.testing.assert_allclose(b.token_s, [0.01, 0.04])
+    np.testing.assert_allclose(c.token_s, [0.05])  # admitted at .04, as soon as b left
+    assert a.token_s[1] > c.token_s[0]
+    assert (a.preemptions, a.recomputed_tokens) == (1, 160)
+    assert res.stats["swap_out_blocks"] == 2 and res.stats["swap_in_blocks"] == 0
+    assert res.stats["end_free_blocks"] == 30
+
+
+def test_a_step_that_preempts_everything_running_is_not_a_deadlock() -> None:
+    # Found by a random search: r0's swap-out is cut short by its call's return, and its
+    # partial KV crowds the pool, so one step preempts every running request and schedules no
+    # token with no event pending. The next step admits (freeing the partial KV if needed).
+    r0 = AugRequest("r0", 0.01, 193, (Segment(4, ToolCall("t", 0.01, 38)),
+                                       Segment(9, ToolCall("t", 0.02, 11)), Segment(3)))
+    r1 = AugRequest("r1", 0.03, 137, (Segment(15, ToolCall("t", 0.01, 24)), Segment(15)))
+    eng = engine(num_gpu_blocks=22)
+    eng.swap_bytes_per_s = 2 * 2**20 / 0.008
+    res = eng.run([r0, r1], FixedMode(KVMode.SWAP, 64))
+    assert all(r.finished for r in res.records)
+    assert [r.output_tokens for r in res.records] == [16, 30]
+    assert res.stats["preemptions"] >= 1
+    assert res.stats["end_free_blocks"] == 22
+
+
 @pytest.mark.parametrize("mode", [KVMode.PRESERVE, KVMode.SWAP])
 def test_resume_with_kv_waits_for_a_sequence_slot(mode: KVMode) -> None:
     # max_num_seqs=1: r0 calls a 0.1 s tool at .03, r1 takes the slot and decodes 30 tokens.

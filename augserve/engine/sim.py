@@ -327,8 +327,8 @@ class SimRun:
 
     def can_admit_anything(self) -> bool:
         # (with no free block a pin may still be reclaimed for the head)
-        return bool(self.held) or (bool(self.waiting) and (self.pool.free > 0
-                                                           or bool(self.kv.pins)))
+        return bool(self.held) or (bool(self.waiting) and (
+            self.pool.free > 0 or bool(self.kv.pins) or self.waiting_holder() is not None))
 
     def next_event_time(self) -> float | None:
         """Earliest next arrival, tool return or KV time-to-live end (s); None if none."""
@@ -441,7 +441,7 @@ class SimRun:
                 self.tick(dt, 0, 0, 0)
             elif nxt is not None:
                 self.now = max(self.now, nxt)
-            else:
+            elif not preempted:  # (after preempting all that ran, the next step admits)
                 raise RuntimeError("deadlock: nothing can run and no event is pending")
             return
         if copy_s > dt:  # (a single block slower than the step) the step ends with its copies
@@ -474,9 +474,7 @@ class SimRun:
         """vLLM's waiting loop: admit in the policy's order until a request does not fit (its
         head-of-line rule), the room is spent or ``max_num_seqs`` run. Returns the room left."""
         pool = self.pool
-        bs = self.bs
         cfg = self.cfg
-        pol = self.policy
         # vLLM drains the requests that hold KV first, in order, under the same limits
         while self.held and room > 0 and len(self.running) < cfg.max_num_seqs:
             r = next(iter(self.held))
@@ -493,6 +491,20 @@ class SimRun:
             room -= c
         if self.held:
             return room  # no sequence slot (or no room) left for the policy's queue
+        room = self.admit_queue(room, sched)
+        # the policy may pass over what does not fit: with nothing running, free what nothing
+        # else would (pins, partial swaps) until something runs or nothing is left to free
+        while (not self.running and self.waiting and room > 0
+               and (self.reclaim_pin() or (not self.kv.paused and self.reclaim_waiting(None)))):
+            room = self.admit_queue(room, sched)
+        return room
+
+    def admit_queue(self, room: int, sched: list) -> int:
+        """One walk of the policy's queue (:meth:`admit`); returns the room left."""
+        pool = self.pool
+        bs = self.bs
+        cfg = self.cfg
+        pol = self.policy
 
         def fits_now(view: RequestView) -> bool:  # reads ``room`` as the loop leaves it
             return fits(plan_admission(view._r, room, pool, bs), pool)
@@ -506,7 +518,8 @@ class SimRun:
             plan = plan_admission(r, room, pool, bs)
             # with nothing running, nothing else would free the pins it waits for (Continuum
             # frees one at admission only then)
-            while not fits(plan, pool) and not self.running and self.reclaim_pin():
+            while (not fits(plan, pool) and not self.running
+                   and (self.reclaim_pin() or (not self.kv.paused and self.reclaim_waiting(r)))):
                 plan = plan_admission(r, room, pool, bs)
             if not fits(plan, pool):
                 break  # head-of-line: vLLM stops admitting at the first request that does not fit
@@ -534,6 +547,35 @@ class SimRun:
             sched.append((r, c))
             room -= c
         return room
+
+    def waiting_holder(self, head: _Req | None = None) -> _Req | None:
+        """The latest-queued waiting request other than ``head`` that keeps GPU blocks of its
+        own (a swap-out its call's return cut short), or None."""
+        for v in reversed(self.waiting):
+            if v is not head and v.blocks > v.shared:
+                return v
+        return None
+
+    def reclaim_waiting(self, head: _Req | None) -> bool:
+        """Nothing runs, no tool is running and ``head`` (or the policy's choice) does not fit:
+        the blocks it waits for may be held by waiting requests whose swap-out the tool's
+        return cut short, which nothing would ever free. Drop
+        one's KV, GPU and CPU part (its GPU context is incomplete, so it recomputes), latest
+        queued first as V1 preempts the last running; a preemption. False if none."""
+        v = self.waiting_holder(head)
+        if v is None:
+            return False
+        self.waiting_prefill += v.computed
+        self.kv.drop_partial(v)
+        v.prev_computed = max(v.prev_computed, v.computed)
+        v.computed = 0
+        v.recomp_left = 0
+        v.preempted = True
+        v.rec.preemptions += 1
+        self.stats["preemptions"] += 1
+        if self.trace is not None:
+            self.trace.preempted(v.req.rid)
+        return True
 
     def reclaim_pin(self) -> bool:
         """Free one TTL pin under memory pressure (:meth:`ToolKV.reclaim_pin`); False if none."""

@@ -166,6 +166,13 @@ class ToolKV:
         r.swap_in_left = 0
         return True
 
+    def drop_partial(self, r: Any) -> None:
+        """Free a waiting ``r``'s GPU blocks (none stay cached: which tokens they hold is not
+        tracked) and its CPU copy."""
+        self.release(r, 0)
+        self.swap_used_bytes -= r.cpu_blocks * self.block_bytes
+        r.cpu_blocks = 0
+
     def transfers_pending(self) -> bool:
         return bool(self.swapping_in or self.swapping_out)
 
