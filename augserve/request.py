@@ -19,6 +19,9 @@ from augserve.prefix import Prefix, check_prefix
 #: The six InferCept/LAMPS augmentation types, plus a catch-all for other workloads.
 AUG_TYPES: tuple[str, ...] = ("math", "qa", "ve", "chatbot", "image", "tts")
 
+#: The tool kind of a user's turn in a session (reading the answer, typing the next message).
+HUMAN = "human"
+
 
 @dataclass(frozen=True, slots=True)
 class ToolCall:

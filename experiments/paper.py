@@ -1,8 +1,8 @@
 """The paper's comparison in one command: effective throughput vs request rate.
 
-For each study (a workload + engine setting), runs ``serve.py -m`` with
-``experiments/conf/paper.yaml`` (Hydra multirun, joblib launcher, every policy on the same seeded
-arrivals per rate), then collects every job's ``summary.csv`` into
+For each study (a workload of the benchmark suite, ``experiments/conf/suite.yaml``), runs
+``serve.py -m`` with ``experiments/conf/paper.yaml`` (Hydra multirun, joblib launcher, every
+policy on the same seeded arrivals per rate), then collects every job's ``summary.csv`` into
 ``experiments/results/paper.csv``, ``paper.md`` (tables, capacities, stress-point ratios) and PNG
 figures (goodput vs rate, SLO attainment vs rate, TTFT CDF at the stress point).
 
@@ -25,6 +25,7 @@ import numpy as np
 import yaml
 
 from augserve.report import plot_goodput_vs_rate, plot_ttft_cdf
+from augserve.suite import load_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ["vllm", "vllm_nocache", "infercept", "infercept_vllm_budget", "vllm_slo",
@@ -43,26 +44,12 @@ class Study:
     extra: dict = field(default_factory=dict)
 
 
-def studies(data_dir: str) -> list[Study]:
-    azure = f"{data_dir}/azure_llm_trace_2023/AzureLLMInferenceTrace_conv.csv"
-    mix = ["workload=infercept_json", "workload.duration_s=1800",
-           "engine.profile=gptj_6b_a100"]  # V1 defaults; vllm_nocache is InferCept's vLLM
-    return [
-        Study("infercept_mix", mix, [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0],
-              notes="InferCept's setting: GPT-J-6B/A100, 1800 s (cache on; vllm_nocache off)"),
-        Study("augmix", ["workload=augmix", "workload.duration_s=600"],
-              [4.0, 6.0, 8.0, 9.0, 10.0, 12.0, 14.0, 16.0],
-              notes="built-in generator, Llama-3-8B/A100, prefix caching on, 600 s"),
-        Study("toolmix", ["workload=toolmix", "workload.duration_s=600"],
-              [2.0, 4.0, 6.0, 8.0, 9.0, 10.0, 12.0],
-              notes="real tool-use datasets (predictors/workload.py), Llama-3-8B/A100, 600 s"),
-        Study("infercept_mix_bursty", [*mix, "workload.arrivals=gamma",
-                                       "workload.burstiness=0.25"], [3.0], sweep=False,
-              notes="gamma arrivals, burstiness 0.25"),
-        Study("infercept_mix_azure", [*mix, "workload.arrivals=azure",
-                                      f"workload.azure_path={azure}"], [3.0], sweep=False,
-              notes="Azure LLM trace (conversation) timestamps rescaled to the rate"),
-    ]
+def studies(data_dir: str, suite_path: str | Path | None = None) -> list[Study]:
+    """The suite's workloads (``experiments/conf/suite.yaml``, :mod:`augserve.suite`) as
+    studies, in the suite's order."""
+    suite = load_suite(suite_path) if suite_path is not None else load_suite()
+    return [Study(w.name, w.serve_overrides(data_dir), list(w.rates), notes=w.notes)
+            for w in suite.workloads.values()]
 
 
 QUICK_S = 120.0  # arrival window of --quick runs (s)

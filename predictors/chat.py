@@ -10,10 +10,15 @@ at least 1 token). So the context grows over the session exactly as the rows' pr
 engine keeps (or drops) the KV across a human turn as it does across any call.
 
 Only conversations whose prompts grow by extension (each turn's prompt text starts with the one
-before) are sessions: ToolTalk's 62 multi-turn conversations are. Other sources are refused for
-now: BFCL's multi-turn rows share one group across the four ``multi_turn_*`` variants (so their
-prompts do not extend each other) and record no call results; API-Bank's groups are tool sets,
-not dialogues.
+before) are sessions. A conversation is the rows of one ``group`` and ``meta["category"]``:
+ToolTalk's 62 multi-turn conversations, and BFCL's 800 ``multi_turn_*`` ones (200 per variant:
+base, long_context, miss_func, miss_param; the four variants share a group, so the category
+tells them apart). BFCL records ground-truth calls but no call results and no assistant text:
+returns and final answers are filled from the other rows' lengths
+(:class:`~predictors.workload.LengthPools`), and a BFCL think time is the typing time of the next
+user message alone. API-Bank is refused: its groups are tool sets, not dialogues. Sources are
+drawn in equal shares (``mix="source"``), as toolmix does, since BFCL has 13x ToolTalk's
+conversations.
 
 **Human think time** is InferCept's own rule, recovered from its mixture: every one of the 225
 Chatbot calls of ``infercept_mix/merged_exp_uniform.json`` has ``api_time = min(60, 60·words(
@@ -40,7 +45,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from augserve.request import AugRequest, Segment, ToolCall
+from augserve.request import HUMAN, AugRequest, Segment, ToolCall
 from augserve.workload import make_arrivals
 from augserve.workload.base import ScriptSource
 from augserve.workload.holdout import load_holdout, usable
@@ -49,8 +54,7 @@ from predictors.data import DEFAULT_DATA_DIR
 from predictors.schema import ToolUseRow
 from predictors.workload import LengthPools, ToolTimeModel, _converted, rows_to_requests
 
-HUMAN = "human"  # the tool kind of a user's turn
-SESSION_SOURCES = ("tooltalk",)  # converters whose rows are the turns of a conversation
+SESSION_SOURCES = ("tooltalk", "bfcl")  # converters whose rows are the turns of a conversation
 
 
 class ThinkTime:
@@ -76,7 +80,7 @@ def between_turns(before: str, after: str) -> tuple[str, str]:
     added = after[len(before):]
     marks = list(_ROLE.finditer(added))
     reply, typed = [], []
-    for m, nxt in zip(marks, [*marks[1:], None], strict=True):
+    for m, nxt in zip(marks, [*marks[1:], None], strict=False):
         text = added[m.end(): nxt.start() if nxt else len(added)].strip()
         if m.group(1) == "assistant":
             reply.append(text)
@@ -86,16 +90,20 @@ def between_turns(before: str, after: str) -> tuple[str, str]:
 
 
 def conversations(rows: Sequence[ToolUseRow]) -> tuple[list[list[ToolUseRow]], int]:
-    """The rows' conversations in turn order, and how many groups are not one (their prompts
-    do not extend each other)."""
-    by: dict[tuple[str, str], list[ToolUseRow]] = {}
+    """The rows' conversations in turn order, and how many groups are not one (two rows with
+    one turn number, or prompts that do not extend each other). Rows without ``meta["turn"]``
+    (BFCL's single-turn categories) are no turn of a conversation and are left out."""
+    by: dict[tuple[str, str, str], list[ToolUseRow]] = {}
     for r in rows:
-        by.setdefault((r.source, r.group), []).append(r)
+        if "turn" in r.meta:
+            by.setdefault((r.source, r.group, str(r.meta.get("category", ""))), []).append(r)
     out, skipped = [], 0
     for key in sorted(by):
-        turns = sorted(by[key], key=lambda r: int(r.meta.get("turn", 0)))
-        if all(b.prompt_text.startswith(a.prompt_text) for a, b in zip(turns, turns[1:],
-                                                                         strict=False)):
+        turns = sorted(by[key], key=lambda r: int(r.meta["turn"]))
+        order = [int(r.meta["turn"]) for r in turns]
+        if len(set(order)) == len(order) and all(
+                b.prompt_text.startswith(a.prompt_text)
+                for a, b in zip(turns, turns[1:], strict=False)):
             out.append(turns)
         else:
             skipped += 1
@@ -103,19 +111,25 @@ def conversations(rows: Sequence[ToolUseRow]) -> tuple[list[list[ToolUseRow]], i
 
 
 def session_script(turns: Sequence[AugRequest], think_s: Sequence[float],
-                   next_prompts: Sequence[int]) -> AugRequest:
+                   next_prompts: Sequence[int],
+                   unwritten: Sequence[int] | None = None) -> AugRequest:
     """One request from a conversation's per-turn scripts: turn ``k``'s last segment calls
     ``human`` for ``think_s[k]`` s, returning what the context gains up to ``next_prompts[k]``
-    (turn ``k+1``'s prompt, tokens)."""
+    (turn ``k+1``'s prompt, tokens), counting ``unwritten[j]`` (j <= k) in: the tokens of turn
+    ``j`` that the prompts' text does not hold (filled returns and answers: BFCL records
+    none)."""
+    unwritten = [0] * len(turns) if unwritten is None else unwritten
     first = turns[0]
     segs: list[Segment] = []
     ctx = first.prompt_tokens
+    hidden = 0  # tokens of the context so far that the transcript does not hold
     grown = []
     for k, t in enumerate(turns):
         body = list(t.segments)
         ctx += sum(s.gen_tokens + (s.call.return_tokens if s.call else 0) for s in body)
         if k + 1 < len(turns):
-            gain = max(1, int(next_prompts[k]) - ctx)
+            hidden += int(unwritten[k])
+            gain = max(1, int(next_prompts[k]) - ctx + hidden)
             grown.append(gain)
             body[-1] = Segment(body[-1].gen_tokens, ToolCall(HUMAN, float(think_s[k]), gain))
             ctx += gain
@@ -138,8 +152,19 @@ def session_script(turns: Sequence[AugRequest], think_s: Sequence[float],
                       metadata=MappingProxyType(meta), prefix=first.prefix)
 
 
+def _unwritten(row: ToolUseRow, script: AugRequest) -> int:
+    """Tokens of ``script`` that ``row`` left unrecorded (filled), so not in the transcript."""
+    n = 0
+    for k, seg in enumerate(script.segments):
+        if seg.call is not None and row.return_tokens[k] is None:
+            n += seg.call.return_tokens
+        if row.segment_tokens[k] is None:
+            n += seg.gen_tokens
+    return n
+
+
 class ChatSource(ScriptSource):
-    """Conversations of ``sources`` as sessions, drawn uniformly with replacement.
+    """Conversations of ``sources`` as sessions, drawn with replacement (``mix``).
 
     Built once with ``np.random.default_rng(seed)`` (fills and tool times fixed per session;
     think times follow from the text). A conversation with any row a predictor artifact was fit
@@ -153,8 +178,14 @@ class ChatSource(ScriptSource):
                  data_dir: str | Path = DEFAULT_DATA_DIR, seed: int = 0,
                  tool_time: ToolTimeModel | None = None, think: ThinkTime | None = None,
                  max_model_len: int | None = None,
-                 holdout: Mapping[str, frozenset[str]] | None = None) -> None:
+                 holdout: Mapping[str, frozenset[str]] | None = None,
+                 mix: str = "source") -> None:
+        if mix not in ("source", "rows"):
+            raise ValueError(f"mix must be 'source' (equal share per source) or 'rows' "
+                             f"(uniform over conversations), got {mix!r}")
+        self.mix = mix
         names = [sources] if isinstance(sources, str) else [str(s) for s in sources]
+        self.sources = tuple(names)
         bad = [n for n in names if n not in SESSION_SOURCES]
         if not names or bad:
             raise ValueError(f"sources {bad or names}: chat sessions are built from "
@@ -187,13 +218,20 @@ class ChatSource(ScriptSource):
             think_s = [think.seconds(*between_turns(a.prompt_text, b.prompt_text))
                        for a, b in zip(turns, turns[1:], strict=False)]
             nxt = [s.prompt_tokens for s in scripts[1:]]
-            self.pool.append(session_script(scripts, think_s, nxt))
+            self.pool.append(session_script(scripts, think_s, nxt,
+                                            [_unwritten(r, s) for r, s in zip(turns, scripts,
+                                                                               strict=True)]))
         if not self.pool:
             raise ValueError(f"no usable conversations in {names} (held back: {self.held_back},"
                              f" dropped for max_model_len={max_model_len}: {self.dropped})")
 
     def draw(self, rng: np.random.Generator, n: int) -> list[AugRequest]:
-        return [self.pool[i] for i in rng.integers(0, len(self.pool), size=n)]
+        if self.mix == "rows":
+            return [self.pool[i] for i in rng.integers(0, len(self.pool), size=n)]
+        by = [[s for s in self.pool if s.metadata["source"] == name] for name in self.sources]
+        by = [b for b in by if b]
+        src = rng.integers(0, len(by), size=n)
+        return [by[k][int(rng.integers(0, len(by[k])))] for k in src]
 
 
 def make_chat_workload(
@@ -208,10 +246,13 @@ def make_chat_workload(
     seed_scripts: int = 0,
     max_requests: int | None = None,
     holdout: str | Path | None = None,
+    mix: str = "source",
 ) -> SampledWorkload:
     """Chat sessions (``rate``: sessions/s over ``duration_s`` s); ``holdout``: a predictor
-    artifact directory, whose training conversations are left out."""
+    artifact directory, whose training conversations are left out; ``mix``: ``source`` (equal
+    share per source) or ``rows`` (uniform over conversations)."""
     held = load_holdout(holdout) if holdout is not None else None
-    src = ChatSource(sources, data_dir, seed_scripts, max_model_len=max_model_len, holdout=held)
+    src = ChatSource(sources, data_dir, seed_scripts, max_model_len=max_model_len, holdout=held,
+                     mix=mix)
     return SampledWorkload(src, make_arrivals(arrivals, rate, burstiness, azure_path),
                            duration_s, max_model_len=max_model_len, max_requests=max_requests)

@@ -31,7 +31,7 @@ ARTIFACT = ROOT / "data" / "predictors" / "lgbm"
 def source() -> ChatSource:
     if not (DATA / "tooltalk").is_dir():
         pytest.skip(f"real data absent: {DATA / 'tooltalk'}")
-    return ChatSource(data_dir=DATA)
+    return ChatSource("tooltalk", data_dir=DATA)
 
 
 @pytest.fixture(scope="module")
@@ -113,34 +113,34 @@ def test_a_human_turn_returns_at_least_one_token() -> None:
 
 def test_conversations_a_predictor_was_fit_on_are_left_out(rows) -> None:
     held = load_holdout(ARTIFACT)
-    src = ChatSource(data_dir=DATA, holdout=held)
+    src = ChatSource("tooltalk", data_dir=DATA, holdout=held)
     assert (len(src.pool), src.held_back, src.partly_held) == (15, 47, 0)  # split by group
     for s in src.pool:
         assert all(rid in held["tooltalk"] for rid in s.metadata["turn_rids"])
     # a holdout that misses one row of a conversation leaves the whole conversation out
     keep = src.pool[0].metadata["turn_rids"]
     partial = {"tooltalk": frozenset(set(held["tooltalk"]) - {keep[-1]})}
-    src2 = ChatSource(data_dir=DATA, holdout=partial)
+    src2 = ChatSource("tooltalk", data_dir=DATA, holdout=partial)
     assert (len(src2.pool), src2.partly_held) == (14, 1)
     assert src.pool[0].rid not in {s.rid for s in src2.pool}
 
 
 def test_sources_without_turns_and_malformed_files_are_refused(tmp_path) -> None:
-    with pytest.raises(ValueError, match="chat sessions are built from tooltalk"):
-        ChatSource(["bfcl"], data_dir=DATA)
+    with pytest.raises(ValueError, match="chat sessions are built from tooltalk, bfcl"):
+        ChatSource(["api_bank"], data_dir=DATA)
     bad = tmp_path / "tooltalk" / "easy"
     bad.mkdir(parents=True)
     (bad / "x.json").write_text('{"conversation_id": "c",\n "conversation": [}')
     with pytest.raises(WorkloadError, match=r"x\.json:2: invalid JSON"):
-        ChatSource(data_dir=tmp_path)
+        ChatSource("tooltalk", data_dir=tmp_path)
     (bad / "x.json").write_text('{"conversation_id": "c", "suites_used": [], "apis_used": [], '
                                 '"conversation": [{"role": "bot", "text": "hi"}]}')
     with pytest.raises(WorkloadError, match=r"x\.json.*role.*turn 0"):
-        ChatSource(data_dir=tmp_path)
+        ChatSource("tooltalk", data_dir=tmp_path)
 
 
 def test_same_seed_same_sessions(source) -> None:
-    again = ChatSource(data_dir=DATA)
+    again = ChatSource("tooltalk", data_dir=DATA)
     assert [s.segments for s in again.pool] == [s.segments for s in source.pool]
 
 
@@ -156,3 +156,50 @@ def test_serve_runs_every_policy_on_chat_tools(tmp_path, source) -> None:
     got = list(csv.DictReader(open(tmp_path / "summary.csv")))
     assert sorted(r["policy"] for r in got) == names
     assert all(r["completed"] == r["num_requests"] and int(r["num_requests"]) > 0 for r in got)
+
+
+@pytest.fixture(scope="module")
+def bfcl_rows():
+    if not (DATA / "bfcl").is_dir():
+        pytest.skip(f"real data absent: {DATA / 'bfcl'}")
+    return {r.rid: r for r in load_source("bfcl", DATA)[0]}
+
+
+def test_bfcl_multi_turn_conversations_are_sessions(bfcl_rows) -> None:
+    # 200 conversations per multi_turn variant (they share groups; the category tells them
+    # apart), 6 of them a single turn; BFCL records no results or answers: those are filled,
+    # so the context without the filled tokens is, at every turn, that turn's prompt
+    src = ChatSource("bfcl", data_dir=DATA)
+    assert len(src.pool) + src.single_turn == 800 and src.single_turn == 6
+    cats = {bfcl_rows[s.metadata["turn_rids"][0]].meta["category"] for s in src.pool}
+    assert cats == {"multi_turn_base", "multi_turn_long_context", "multi_turn_miss_func",
+                    "multi_turn_miss_param"}
+    think = ThinkTime()
+    for s in src.pool[:200]:
+        rows = [bfcl_rows[rid] for rid in s.metadata["turn_rids"]]
+        written, k, segs = rows[0].prompt_tokens + rows[0].tools_schema_tokens, 0, s.segments
+        for seg in segs:
+            if seg.call is not None and seg.call.kind != HUMAN:
+                written += seg.gen_tokens  # a call's text; answers and results are filled
+            if seg.call is not None and seg.call.kind == HUMAN:
+                written += seg.call.return_tokens
+                k += 1
+                assert written == rows[k].prompt_tokens + rows[k].tools_schema_tokens
+                typed = between_turns(rows[k - 1].prompt_text, rows[k].prompt_text)[1]
+                assert seg.call.duration_s == pytest.approx(think.seconds("", typed))
+        assert k == len(rows) - 1
+
+
+def test_chat_tools_draws_each_source_equally() -> None:
+    if not (DATA / "bfcl").is_dir() or not (DATA / "tooltalk").is_dir():
+        pytest.skip("real data absent")
+    import numpy as np
+
+    src = ChatSource(data_dir=DATA)
+    assert src.sources == ("tooltalk", "bfcl")
+    got = [s.metadata["source"] for s in src.draw(np.random.default_rng(0), 4000)]
+    assert abs(got.count("tooltalk") / 4000 - 0.5) < 0.03
+    rows = ChatSource(data_dir=DATA, mix="rows").draw(np.random.default_rng(0), 4000)
+    assert [s.metadata["source"] for s in rows].count("tooltalk") / 4000 < 0.12
+    with pytest.raises(ValueError, match="mix must be"):
+        ChatSource(data_dir=DATA, mix="dataset")

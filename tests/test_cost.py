@@ -19,7 +19,9 @@ from augserve.engine.cost import (
     prefill_attn_term,
 )
 
-SHIPPED = ["gptj_6b_a100", "llama2_7b_a100", "llama2_7b_h100", "llama3_8b_a100"]
+SHIPPED = [
+    "gptj_6b_a100", "llama2_7b_a100", "llama2_7b_h100", "llama31_8b_a100", "llama3_8b_a100",
+]
 REL = 1e-12
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from augserve.workload.agentic import AgenticSource
 from augserve.workload.arrivals import AzureReplay, Gamma, Poisson
 from augserve.workload.augmix import AugMixSource
 from augserve.workload.base import ArrivalProcess, ScriptSource, Workload
@@ -23,10 +24,10 @@ from augserve.workload.sampled import SampledWorkload
 from augserve.workload.trace_jsonl import TraceWorkload, read_trace, write_trace
 
 __all__ = [
-    "ArrivalProcess", "AugMixSource", "AzureReplay", "Gamma", "InferceptSource", "Poisson",
-    "SampledWorkload", "ScriptSource", "TraceWorkload", "Workload", "WorkloadError",
-    "load_infercept_json", "make_arrivals", "make_augmix", "make_infercept_json", "make_trace",
-    "read_trace", "write_trace",
+    "AgenticSource", "ArrivalProcess", "AugMixSource", "AzureReplay", "Gamma",
+    "InferceptSource", "Poisson", "SampledWorkload", "ScriptSource", "TraceWorkload", "Workload",
+    "WorkloadError", "load_infercept_json", "make_agentic", "make_arrivals", "make_augmix",
+    "make_infercept_json", "make_trace", "read_trace", "write_trace",
 ]
 
 
@@ -71,6 +72,24 @@ def make_augmix(
     return SampledWorkload(
         AugMixSource(stats_path, labels=labels),
         make_arrivals(arrivals, rate, burstiness, azure_path),
+        duration_s, max_model_len=max_model_len, max_requests=max_requests,
+    )
+
+
+def make_agentic(
+    rate: float | None = 0.02,
+    duration_s: float = 1800.0,
+    burstiness: float = 1.0,
+    arrivals: str = "poisson",
+    azure_path: str | Path | None = None,
+    max_model_len: int | None = 131072,
+    stats_path: str | Path | None = None,
+    max_requests: int | None = None,
+) -> SampledWorkload:
+    """Coding-agent sessions (:mod:`augserve.workload.agentic`) at ``rate`` sessions/s for
+    ``duration_s`` s, cut at ``max_model_len`` tokens (Llama-3.1-8B's 128k by default)."""
+    return SampledWorkload(
+        AgenticSource(stats_path), make_arrivals(arrivals, rate, burstiness, azure_path),
         duration_s, max_model_len=max_model_len, max_requests=max_requests,
     )
 

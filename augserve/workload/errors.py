@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 
 class WorkloadError(ValueError):
@@ -39,3 +42,22 @@ class WorkloadError(ValueError):
         elif where:
             what = where
         super().__init__(f"{loc}{what}: {reason}" if what else f"{loc}{reason}")
+
+
+def yaml_key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """1-based line of every mapping key path in a YAML text (``{}`` if it does not parse),
+    so that a loader can name the line of a bad field."""
+    out: dict[tuple[str, ...], int] = {}
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                p = (*path, str(k.value))
+                out[p] = k.start_mark.line + 1
+                walk(v, p)
+
+    try:
+        walk(yaml.compose(text), ())
+    except yaml.YAMLError:
+        pass
+    return out
