@@ -51,7 +51,8 @@ def rel(got: float, want: float) -> float:
 def test_counts_match_the_copilot_card(scripts, published) -> None:
     d = describe(scripts[0])
     assert d["sessions"] > 7000
-    assert rel(d["turns_per_session"], published["turns_per_session"]) < 0.03
+    # geometric turns: one standard error over ~8,000 sessions is 1%; 4 of them
+    assert rel(d["turns_per_session"], published["turns_per_session"]) < 0.04
     assert rel(d["tool_batches_per_turn"], published["tool_batches_per_turn"]) < 0.03
     assert rel(d["tool_calls_per_turn"], published["tool_calls_per_turn"]) < 0.03
     assert rel(d["tool_calls_per_batch"], published["tool_calls_per_batch"]) < 0.02
